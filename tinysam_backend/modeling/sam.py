@@ -34,6 +34,10 @@ class Sam(nn.Module):
         s = self.image_size
         return F.pad(x, (0, s - x.shape[-1], 0, s - x.shape[-2]))
 
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed (B, 3, S, S) → image embeddings (B, 256, S/16, S/16)."""
+        return self.image_encoder(x)
+
     def decode(self, image_embeddings: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None = None,
                boxes: torch.Tensor | None = None, mask_input: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,137 @@
+"""Loading checkpoints safely: state dicts in the official key layout, never pickled modules.
+
+TinySAM (`tinysam_42.3.pth`) and MobileSAM (`mobile_sam.pt`) share one layout (variant `vit_t`); SAM's
+`sam_vit_{b,l,h}_*.pth` load as `vit_b`/`vit_l`/`vit_h`. A quantized artifact directory (our own W8A8
+export) is recognised by its `quantization.json` and loaded by `tinysam_backend.quantization.runtime`.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from .config import Settings
+from .errors import CheckpointError, MissingCheckpointError
+from .modeling import VARIANTS, Sam, build_sam
+
+logger = logging.getLogger(__name__)
+
+QUANTIZED_METADATA = "quantization.json"
+_WRAPPER_KEYS = ("model", "state_dict", "module")
+_VIT_DEPTH_TO_VARIANT = {VARIANTS[v].encoder.depth: v for v in ("vit_b", "vit_l", "vit_h")}
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "GLOBAL" in msg or "global" in msg or "Unsupported" in msg:
+            raise CheckpointError(
+                f"{path} is a pickled Python object (a whole model module), not a state dict; loading it would "
+                "run arbitrary code, so it is refused. The official `tinysam_w8a8.pth` is such a file (simulated "
+                "quantization). Use the fp32 checkpoint `tinysam_42.3.pth` and produce a real int8 model with "
+                "`tinysam quantize --checkpoint tinysam_42.3.pth --out DIR`, then load DIR."
+            ) from e
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return {re.sub(r"^(module\.|model\.)", "", k): v for k, v in obj.items()}
+
+
+def detect_variant(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Variant name from the keys: TinyViT stages (`vit_t`) or the depth of the ViT encoder."""
+    if any(k.startswith("image_encoder.layers.") for k in state_dict):
+        return "vit_t"
+    depth = {int(m.group(1)) for k in state_dict if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))}
+    if depth:
+        n = max(depth) + 1
+        if n in _VIT_DEPTH_TO_VARIANT:
+            return _VIT_DEPTH_TO_VARIANT[n]
+        raise CheckpointError(f"ViT image encoder with {n} blocks matches no variant (expected 12, 24 or 32)")
+    raise CheckpointError("cannot detect the model variant: no `image_encoder.layers.*` (TinyViT) or "
+                          "`image_encoder.blocks.*` (ViT) keys; is this a SAM/TinySAM state dict?")
+
+
+def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "") -> None:
+    """Load strictly; a mismatch raises CheckpointError listing missing, unexpected and mis-shaped keys."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        def head(items: list[str]) -> str:
+            return ", ".join(items[:10]) + (f" … (+{len(items) - 10} more)" if len(items) > 10 else "")
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {head(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {head(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches: {head(shapes)}")
+        raise CheckpointError(f"checkpoint {source} does not match the model: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def resolve_checkpoint(checkpoint: str | Path | None, settings: Settings | None = None) -> Path:
+    """A path, a manifest name found in the cache, or the configured default → an existing path."""
+    settings = settings or Settings.from_env()
+    if checkpoint is None:
+        checkpoint = settings.checkpoint
+    if checkpoint is None:
+        raise MissingCheckpointError(
+            "no checkpoint configured. Either download the official one with `tinysam weights fetch tinysam_42.3` "
+            "(stored under the cache directory, TINYSAM_CACHE_DIR), or point TINYSAM_CHECKPOINT at a local "
+            "state dict or quantized artifact directory.")
+    path = Path(checkpoint).expanduser()
+    if path.exists():
+        return path
+    for candidate in (settings.cache_dir / path.name, settings.cache_dir / f"{path.name}.pth"):
+        if candidate.exists():
+            return candidate
+    raise MissingCheckpointError(
+        f"checkpoint {checkpoint} not found (also looked in {settings.cache_dir}). Download it with "
+        f"`tinysam weights fetch NAME` (see `tinysam weights list`), or set TINYSAM_CHECKPOINT to a local file.")
+
+
+def load_model(checkpoint: str | Path | None = None, variant: str | None = None,
+               settings: Settings | None = None):
+    """Build the model for a checkpoint and load its weights (CPU, eval mode).
+
+    checkpoint: a state dict file (.pth/.pt/.safetensors) in the official layout, a quantized artifact
+    directory, or None for the configured default. variant: `vit_t`/`vit_b`/`vit_l`/`vit_h`; detected from the
+    keys when None. Returns a `Sam` (or a quantized model with the same protocol).
+    """
+    path = resolve_checkpoint(checkpoint, settings)
+    if path.is_dir():
+        if (path / QUANTIZED_METADATA).exists():
+            from .quantization.runtime import load_quantized
+
+            return load_quantized(path)
+        raise CheckpointError(f"{path} is a directory without {QUANTIZED_METADATA}; expected a quantized artifact")
+    state_dict = _read_state_dict(path)
+    detected = detect_variant(state_dict)
+    if variant is not None and variant != detected:
+        if variant not in VARIANTS:
+            raise CheckpointError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+        logger.warning("variant %s given but the keys look like %s; trying %s", variant, detected, variant)
+    model: Sam = build_sam(variant or detected)
+    load_state_dict_checked(model, state_dict, str(path))
+    logger.info("loaded %s checkpoint %s", model.variant, path)
+    return model.eval()

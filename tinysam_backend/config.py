@@ -1,0 +1,39 @@
+"""Configuration: the one place where the environment is read (`Settings.from_env()`, at start-up)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "tinysam"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide settings.
+
+    checkpoint: `TINYSAM_CHECKPOINT`, a file (fp32 state dict) or a quantized artifact directory.
+    cache_dir: `TINYSAM_CACHE_DIR`, where `tinysam weights fetch` stores downloads.
+    torch_threads: `TINYSAM_TORCH_THREADS`, intra-op threads (0 = torch's default).
+    max_image_pixels: `TINYSAM_MAX_IMAGE_PIXELS`, larger images are refused (decompression bombs).
+    """
+
+    checkpoint: str | None = None
+    cache_dir: Path = Path.home() / ".cache" / "tinysam"
+    torch_threads: int = 0
+    max_image_pixels: int = 100_000_000
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        cache = env.get("TINYSAM_CACHE_DIR")
+        return cls(
+            checkpoint=env.get("TINYSAM_CHECKPOINT") or None,
+            cache_dir=Path(cache) if cache else default_cache_dir(),
+            torch_threads=int(env.get("TINYSAM_TORCH_THREADS", "0") or 0),
+            max_image_pixels=int(env.get("TINYSAM_MAX_IMAGE_PIXELS", str(cls.max_image_pixels))),
+        )

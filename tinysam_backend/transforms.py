@@ -1,0 +1,46 @@
+"""Geometry between the original image frame and the model's 1024×1024 input frame.
+
+Resizing matches the official implementation: the longest side becomes `target` with
+`int(side * scale + 0.5)`, using Pillow's bilinear resize of the uint8 image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def resized_shape(height: int, width: int, target: int) -> tuple[int, int]:
+    """(new_h, new_w) with the longest side equal to `target`."""
+    scale = target * 1.0 / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resize_image(image: np.ndarray, target: int) -> np.ndarray:
+    """H×W×3 uint8 → new_h×new_w×3 uint8 (Pillow bilinear)."""
+    new_h, new_w = resized_shape(image.shape[0], image.shape[1], target)
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+
+
+def coords_to_input(coords: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
+    """(..., 2) XY in original pixels → XY in the input frame (float64 arithmetic, float32 result)."""
+    coords = np.array(coords, dtype=np.float64, copy=True)
+    coords[..., 0] = coords[..., 0] * (input_size[1] / original_size[1])
+    coords[..., 1] = coords[..., 1] * (input_size[0] / original_size[0])
+    return coords.astype(np.float32)
+
+
+def boxes_to_input(boxes: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
+    """(..., 4) XYXY original pixels → XYXY in the input frame."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    return coords_to_input(boxes.reshape(-1, 2, 2), original_size, input_size).reshape(boxes.shape)
+
+
+def upscale_logits(low_res: torch.Tensor, image_size: int, input_size: tuple[int, int],
+                   original_size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, 256, 256) logits → (B, C, H, W) logits in original pixels, as the official postprocessing."""
+    x = F.interpolate(low_res, (image_size, image_size), mode="bilinear", align_corners=False)
+    x = x[..., : input_size[0], : input_size[1]]
+    return F.interpolate(x, original_size, mode="bilinear", align_corners=False)
