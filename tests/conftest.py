@@ -1,0 +1,99 @@
+"""Shared fixtures. Parity fixtures live in ../shared/parity (or $TINYSAM_PARITY_DIR).
+
+Outside CI a missing fixture directory skips the tests that need it, with the reason; under CI (CI=true)
+it fails them, so a CI run can never pass by skipping parity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PARITY_DIR = REPO.parent / "shared" / "parity"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip (or fail under CI) when a required external resource is missing."""
+    if condition:
+        return
+    if _in_ci():
+        pytest.fail(f"required under CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    path = Path(os.environ.get("TINYSAM_PARITY_DIR", DEFAULT_PARITY_DIR))
+    require((path / "manifest.json").is_file(),
+            f"parity fixtures not found at {path} (set TINYSAM_PARITY_DIR to the directory holding manifest.json)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def parity_manifest(parity_dir: Path) -> dict:
+    return json.loads((parity_dir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def parity_checkpoint(parity_dir: Path, parity_manifest: dict) -> Path:
+    path = parity_dir / parity_manifest["checkpoint"]
+    require(path.is_file(), f"parity checkpoint missing: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def parity_model(parity_checkpoint: Path):
+    from tinysam_backend import load_model
+
+    return load_model(parity_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def parity_predictor(parity_model):
+    from tinysam_backend import Predictor
+
+    return Predictor(parity_model)
+
+
+@pytest.fixture(scope="session")
+def parity_images(parity_manifest: dict) -> dict:
+    """name → H×W×3 uint8 RGB, built as the fixture README says, SHA-256 checked."""
+    import hashlib
+
+    import numpy as np
+    import skimage.data
+
+    from tinysam_backend.image_io import array_to_rgb
+
+    images = {}
+    for name, info in parity_manifest["images"].items():
+        rgb = array_to_rgb(getattr(skimage.data, name)())
+        digest = hashlib.sha256(np.ascontiguousarray(rgb).tobytes()).hexdigest()
+        if digest != info["sha256_rgb"]:
+            pytest.fail(f"image {name}: SHA-256 {digest} differs from the manifest's {info['sha256_rgb']}")
+        images[name] = rgb
+    return images
+
+
+@pytest.fixture(scope="session")
+def parity_embeddings(parity_predictor, parity_images) -> dict:
+    return {name: parity_predictor.embed(img) for name, img in parity_images.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A small random TinyViT model (image_size 256) for fast unit tests."""
+    import torch
+
+    from tinysam_backend.modeling import build_sam
+
+    torch.manual_seed(0)
+    return build_sam("tiny_test_t")
