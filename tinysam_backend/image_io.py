@@ -23,7 +23,8 @@ def _open(fp, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(fp, formats=ALLOWED_FORMATS)
+            Image.init()
+            img = Image.open(fp, formats=[f for f in ALLOWED_FORMATS if f in Image.OPEN])
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageError(f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
