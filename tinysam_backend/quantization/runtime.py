@@ -1,0 +1,154 @@
+"""Serving a TinySAM ONNX artifact (int8 QDQ or fp32) with ONNX Runtime's CPU provider.
+
+`load_quantized(dir)` reads `quantization.json` and the two graphs it names and returns `OnnxSam`, which has
+the model protocol `Predictor` uses (`image_size`, `preprocess`, `encode_image`, `decode`), so callers switch
+to the int8 model by path alone (`load_model(dir)`). This is the serving path: it imports neither the
+calibration code nor the ONNX exporter, and the artifact holds only ONNX graphs and JSON (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError
+from ..modeling.sam import PIXEL_MEAN, PIXEL_STD
+from .prompts import prompt_to_points
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "quantization.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """What `quantization.json` records. precision: "int8" (W8A8 QDQ) or "fp32" (plain export)."""
+
+    precision: str
+    image_size: int
+    encoder_file: str
+    decoder_file: str
+    mask_input_size: int = 256
+
+    @classmethod
+    def read(cls, directory: Path) -> tuple["ArtifactInfo", dict]:
+        path = directory / METADATA_FILE
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path} is not a readable JSON metadata file: {e}") from e
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r} is not supported "
+                                  f"(expected {FORMAT_VERSION})")
+        try:
+            info = cls(precision=str(meta["precision"]), image_size=int(meta["image_size"]),
+                       encoder_file=str(meta["encoder"]), decoder_file=str(meta["decoder"]),
+                       mask_input_size=int(meta.get("mask_input_size", 256)))
+        except KeyError as e:
+            raise CheckpointError(f"{path} lacks the key {e.args[0]!r}") from e
+        for name in (info.encoder_file, info.decoder_file):
+            if Path(name).name != name or not name.endswith(".onnx"):
+                raise CheckpointError(f"{path}: graph file must be a plain *.onnx name in the directory, got {name!r}")
+        return info, meta
+
+
+def session_options(intra_op_threads: int = 0):
+    """CPU session options: all graph optimisations (QDQ → QLinearConv / MatMulInteger fusions), sequential."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
+    so.inter_op_num_threads = 1
+    return so
+
+
+class OnnxSam:
+    """TinySAM served from ONNX graphs; same protocol as `Sam` (see `tinysam_backend.predictor`).
+
+    ONNX Runtime sessions are safe to call from several threads; this object holds no per-image state.
+    """
+
+    def __init__(self, directory: str | Path, intra_op_threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.directory = Path(directory)
+        self.info, self.metadata = ArtifactInfo.read(self.directory)
+        so = session_options(intra_op_threads)
+        providers = ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(self.directory / self.info.encoder_file), so, providers=providers)
+        self.decoder = ort.InferenceSession(str(self.directory / self.info.decoder_file), so, providers=providers)
+        self.pixel_mean = torch.tensor(PIXEL_MEAN).view(-1, 1, 1)
+        self.pixel_std = torch.tensor(PIXEL_STD).view(-1, 1, 1)
+        self._no_mask = np.zeros((1, 1, self.info.mask_input_size, self.info.mask_input_size), np.float32)
+        self.variant = self.metadata.get("variant", "vit_t")
+        logger.info("loaded %s ONNX TinySAM from %s", self.info.precision, self.directory)
+
+    @property
+    def image_size(self) -> int:
+        return self.info.image_size
+
+    @property
+    def precision(self) -> str:
+        return self.info.precision
+
+    def eval(self) -> "OnnxSam":
+        return self
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) resized RGB in 0..255 → normalised and zero-padded to (B, 3, S, S)."""
+        x = (x - self.pixel_mean) / self.pixel_std
+        s = self.image_size
+        return F.pad(x, (0, s - x.shape[-1], 0, s - x.shape[-2]))
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed (1, 3, S, S) → image embeddings (1, 256, S/16, S/16)."""
+        s = self.image_size
+        if tuple(x.shape) != (1, 3, s, s):
+            raise ValueError(f"encode_image expects a (1, 3, {s}, {s}) preprocessed image, got {tuple(x.shape)}")
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        (emb,) = self.encoder.run(None, {"image": arr})
+        return torch.from_numpy(emb)
+
+    def decode(self, image_embeddings: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None = None,
+               boxes: torch.Tensor | None = None, mask_input: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts in the input frame → low-res logits (B, 3, 256, 256), IoU (B, 3) (as `Sam.decode`)."""
+        if image_embeddings.shape[0] != 1:
+            raise ValueError(f"decode expects one image embedding (1, 256, 64, 64), got {tuple(image_embeddings.shape)}")
+        if points is not None:
+            batch = points[0].shape[0]
+        elif boxes is not None:
+            batch = boxes.shape[0]
+        elif mask_input is not None:
+            batch = mask_input.shape[0]
+        else:
+            batch = 1
+        pts = None if points is None else (points[0].cpu().numpy(), points[1].cpu().numpy())
+        coords, labels = prompt_to_points(pts, None if boxes is None else boxes.cpu().numpy(), batch)
+        if mask_input is None:
+            mask, has = self._no_mask, np.zeros(1, np.float32)
+        else:
+            mask, has = np.ascontiguousarray(mask_input.cpu().numpy(), dtype=np.float32), np.ones(1, np.float32)
+        feeds = {"image_embeddings": np.ascontiguousarray(image_embeddings.cpu().numpy(), dtype=np.float32),
+                 "point_coords": coords, "point_labels": labels, "mask_input": mask, "has_mask_input": has}
+        low_res, iou = self.decoder.run(None, feeds)
+        return torch.from_numpy(low_res), torch.from_numpy(iou)
+
+
+def load_quantized(directory: str | Path, intra_op_threads: int = 0) -> OnnxSam:
+    """Load an artifact directory written by `tinysam quantize` (int8) or `tinysam export-onnx` (fp32)."""
+    directory = Path(directory)
+    if not (directory / METADATA_FILE).is_file():
+        raise CheckpointError(f"{directory} has no {METADATA_FILE}; expected a directory written by "
+                              "`tinysam quantize` or `tinysam export-onnx`")
+    return OnnxSam(directory, intra_op_threads)
