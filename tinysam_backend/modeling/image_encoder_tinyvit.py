@@ -19,12 +19,25 @@ from .common import LayerNorm2d
 
 
 class ConvBN(nn.Sequential):
-    """Convolution without bias followed by BatchNorm (`c`, `bn` in the checkpoint)."""
+    """Convolution without bias followed by BatchNorm (`c`, `bn` in the checkpoint).
+
+    In eval mode the BatchNorm is folded into the convolution on the fly (one convolution instead of a
+    convolution plus a normalisation pass); the parameters keep the official layout.
+    """
 
     def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, pad: int = 0, groups: int = 1) -> None:
         super().__init__()
         self.add_module("c", nn.Conv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.bn(self.c(x))
+        conv, bn = self.c, self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        weight = conv.weight * scale[:, None, None, None]
+        bias = bn.bias - bn.running_mean * scale
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class PatchEmbed(nn.Module):
@@ -104,9 +117,9 @@ class WindowAttention(nn.Module):
         b, n, _ = x.shape
         x = self.norm(x)
         q, k, v = self.qkv(x).view(b, n, self.num_heads, 3 * self.key_dim).permute(0, 2, 1, 3).split(self.key_dim, dim=3)
-        bias = self.attention_biases[:, self.attention_bias_idxs]
-        attn = (q @ k.transpose(-2, -1)) * self.scale + bias
-        x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, -1)
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        x = x.transpose(1, 2).reshape(b, n, -1)
         return self.proj(x)
 
 
