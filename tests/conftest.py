@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_PARITY_DIR = REPO.parent / "shared" / "parity"
+# ../shared/parity beside the checkout; /work/shared/parity where a clone lies elsewhere on these machines.
+PARITY_CANDIDATES = [REPO.parent / "shared" / "parity", Path("/work/shared/parity")]
 
 
 def _in_ci() -> bool:
@@ -31,7 +32,9 @@ def require(condition: bool, reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
-    path = Path(os.environ.get("TINYSAM_PARITY_DIR", DEFAULT_PARITY_DIR))
+    env = os.environ.get("TINYSAM_PARITY_DIR")
+    candidates = [Path(env)] if env else PARITY_CANDIDATES
+    path = next((p for p in candidates if (p / "manifest.json").is_file()), candidates[0])
     require((path / "manifest.json").is_file(),
             f"parity fixtures not found at {path} (set TINYSAM_PARITY_DIR to the directory holding manifest.json)")
     return path
