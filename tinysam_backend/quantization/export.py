@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 ENCODER_FILE = "image_encoder.onnx"
 DECODER_FILE = "mask_decoder.onnx"
-OPSET = 17
+OPSET = 20
 ENCODER_INPUTS = ("image",)
 ENCODER_OUTPUTS = ("image_embeddings",)
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")

@@ -72,6 +72,19 @@ def session_options(intra_op_threads: int = 0):
     return so
 
 
+# MatMul + Add → Gemm (with Reshapes) runs before the QDQ fusions and would hide `DQ → MatMul` from them, leaving
+# linear layers as fp32 Gemm on dequantized weights; without it they become MatMulIntegerToFloat (int8 GEMM).
+DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
+
+
+def create_session(path: Path, so=None):
+    """ONNX Runtime CPU session for one graph, with the optimiser settings the int8 graphs need."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), so or session_options(), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
+
+
 class OnnxSam:
     """TinySAM served from ONNX graphs; same protocol as `Sam` (see `tinysam_backend.predictor`).
 
@@ -84,9 +97,8 @@ class OnnxSam:
         self.directory = Path(directory)
         self.info, self.metadata = ArtifactInfo.read(self.directory)
         so = session_options(intra_op_threads)
-        providers = ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(self.directory / self.info.encoder_file), so, providers=providers)
-        self.decoder = ort.InferenceSession(str(self.directory / self.info.decoder_file), so, providers=providers)
+        self.encoder = create_session(self.directory / self.info.encoder_file, so)
+        self.decoder = create_session(self.directory / self.info.decoder_file, so)
         self.pixel_mean = torch.tensor(PIXEL_MEAN).view(-1, 1, 1)
         self.pixel_std = torch.tensor(PIXEL_STD).view(-1, 1, 1)
         self._no_mask = np.zeros((1, 1, self.info.mask_input_size, self.info.mask_input_size), np.float32)
