@@ -354,9 +354,10 @@ def collect_calibration_data(sam: Sam, images: Sequence[np.ndarray], points: lis
 
 # ----------------------------------------------------------------------------- scale search
 def _ratios(cfg: CalibrationConfig) -> torch.Tensor:
+    """Candidate fractions of the observed range; 1.0 (plain max-abs) is always among them."""
     if cfg.candidates == 1:
         return torch.tensor([1.0])
-    return torch.linspace(cfg.min_ratio, cfg.max_ratio, cfg.candidates)
+    return torch.unique(torch.cat([torch.linspace(cfg.min_ratio, cfg.max_ratio, cfg.candidates), torch.ones(1)]))
 
 
 def _weighted_error(y: torch.Tensor, o: torch.Tensor, h: torch.Tensor | None, dims) -> torch.Tensor:
