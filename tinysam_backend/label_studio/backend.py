@@ -1,0 +1,169 @@
+"""TinySAM behind Label Studio's `/predict`: interactive clicks → one brush mask; no context → everything mode.
+
+A thin layer over the core: `Predictor.embed` / `Predictor.predict` for clicks, `segment_everything` for batch
+pre-annotation. Embeddings are cached by image identity (bounded in bytes, single flight per image), and the
+low-res logits of each answered prompt are kept under (task, image, prompt history) so that the next click on the
+same task refines the previous mask (SAM's `mask_input`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..predictor import ImageEmbedding, Predictor
+from .cache import SingleFlightCache
+from .images import ImageFetcher, ImageLocation
+from .label_config import LabelConfig, LabelConfigError, parse_label_config
+from .protocol import (
+    ClickPrompt,
+    PredictRequest,
+    brush_region,
+    prediction,
+    prompt_from_context,
+    prompt_to_pixels,
+    resize_mask_nearest,
+    task_image_reference,
+)
+from .settings import LabelStudioSettings
+
+logger = logging.getLogger(__name__)
+
+LOGITS_BYTES = 256 * 256 * 4
+PRE_ANNOTATION_CACHE_BYTES = 64 * 1024 * 1024
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def model_version_for(checkpoint: str | None, override: str | None = None) -> str:
+    """The version reported to Label Studio: the override, else `tinysam-<checkpoint file or dir name>`."""
+    if override:
+        return override
+    if not checkpoint:
+        return "tinysam"
+    name = Path(checkpoint).name
+    for suffix in CHECKPOINT_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return f"tinysam-{name}"
+
+
+class SegmentationBackend:
+    """Answers `/predict` requests with a shared, stateless `Predictor`. Safe to call from many threads."""
+
+    def __init__(self, predictor: Predictor, settings: LabelStudioSettings, model_version: str,
+                 fetcher: ImageFetcher | None = None) -> None:
+        self.predictor = predictor
+        self.settings = settings
+        self.model_version = model_version
+        self.fetcher = fetcher or ImageFetcher(settings, predictor.max_image_pixels)
+        self.embeddings: SingleFlightCache[ImageEmbedding] = SingleFlightCache(settings.cache_bytes,
+                                                                                lambda e: e.nbytes)
+        self.refine_logits: SingleFlightCache[np.ndarray] = SingleFlightCache(
+            settings.refine_entries * LOGITS_BYTES, lambda a: a.nbytes)
+        self.pre_annotations: SingleFlightCache[list] = SingleFlightCache(PRE_ANNOTATION_CACHE_BYTES, _regions_bytes)
+
+    # ---------------------------------------------------------------------------------------------- requests
+    def predict(self, request: PredictRequest) -> dict:
+        """A parsed `/predict` request → the response body `{"results": [...], "model_version": v}`."""
+        config = parse_label_config(request.label_config)
+        if request.context_regions is not None:
+            results = [self.interactive(task, request.context_regions, config) for task in request.tasks[:1]]
+            results += [prediction([], self.model_version) for _ in request.tasks[1:]]
+            return {"results": results, "model_version": self.model_version}
+        if not self.settings.batch_enabled:
+            return {"results": [], "model_version": self.model_version,
+                    "message": "batch pre-annotation is turned off (TINYSAM_LS_BATCH_ENABLED=false); "
+                               "use interactive clicks"}
+        tasks = request.tasks
+        if len(tasks) > self.settings.batch_tasks_per_request:
+            # Label Studio asks again one task per request when it gets a single answer for several tasks, which
+            # gives every task its own 100 s timeout. The first task's answer is cached for that second request.
+            logger.info("batch of %d tasks: answering the first, Label Studio will ask one task at a time", len(tasks))
+            tasks = tasks[:1]
+        return {"results": [self.pre_annotate(task, config) for task in tasks], "model_version": self.model_version}
+
+    def interactive(self, task: dict, regions: tuple[dict, ...], config: LabelConfig) -> dict:
+        """One task with the annotator's regions → one brush region for the prompt they form."""
+        prompt = prompt_from_context(regions, config)
+        brush = config.brush_for(prompt.to_name, prompt.label)
+        location = self.fetcher.locate(task_image_reference(task, config, prompt.to_name))
+        emb = self.embedding(location)
+        mask, score = self.segment_prompt(emb, prompt, task_key=task.get("id"), image_key=location.identity)
+        if mask.shape != prompt.original_size:
+            logger.warning("image %s decodes to %s but Label Studio shows %s; resizing the mask",
+                           location.identity, mask.shape, prompt.original_size)
+            mask = resize_mask_nearest(mask, prompt.original_size)
+        region = brush_region(mask, brush, prompt.to_name, config.brush_label(brush, prompt.label), score)
+        return prediction([region], self.model_version, score)
+
+    def segment_prompt(self, emb: ImageEmbedding, prompt: ClickPrompt, task_key, image_key: str
+                       ) -> tuple[np.ndarray, float]:
+        """The best of TinySAM's three masks for a prompt, refined by the previous click's logits when known."""
+        coords, labels, box = prompt_to_pixels(prompt, emb.original_size)
+        previous = prompt.previous_history()
+        mask_input = None
+        if previous is not None:
+            mask_input = self.refine_logits.get((str(task_key), image_key, previous))
+        masks, scores, low_res = self.predictor.predict(emb, coords, labels, box=box, mask_input=mask_input)
+        best = int(np.argmax(scores))
+        self.refine_logits.put((str(task_key), image_key, prompt.history), low_res[best][None].copy())
+        return masks[best], float(scores[best])
+
+    def pre_annotate(self, task: dict, config: LabelConfig) -> dict:
+        """Everything mode on every Image of the task that has a brush tag: one brush region per mask."""
+        regions: list[dict] = []
+        targets = [name for name in config.images if any(name in b.to_names for b in config.brushes)]
+        if not targets:
+            raise LabelConfigError("the labeling config has no BrushLabels (or Brush) tag bound to an Image; "
+                                   f"Image tags: {sorted(config.images)}")
+        for to_name in targets:
+            location = self.fetcher.locate(task_image_reference(task, config, to_name))
+            brush = config.brush_for(to_name)
+            label = config.brush_label(brush, None)
+            key = (location.identity, brush.name, to_name, label, tuple(sorted(self.settings.everything_params().items())),
+                   self.settings.batch_max_regions, self.settings.batch_min_area)
+            found, _ = self.pre_annotations.get_or_compute(
+                key, functools.partial(self._everything_regions, location, brush, to_name, label))
+            regions.extend(found)
+        return prediction(regions, self.model_version)
+
+    def _everything_regions(self, location: ImageLocation, brush, to_name: str, label: str | None) -> list[dict]:
+        from pycocotools import mask as mask_utils
+
+        from ..everything import segment_everything
+
+        start = time.perf_counter()
+        emb = self.embedding(location)
+        records = segment_everything(self.predictor, emb, mode="hierarchical", **self.settings.everything_params())
+        h, w = emb.original_size
+        min_area = self.settings.batch_min_area * h * w
+        kept = [r for r in records if r["area"] >= min_area]
+        kept.sort(key=lambda r: -float(r["predicted_iou"]))
+        kept = kept[: self.settings.batch_max_regions]
+        regions = []
+        for i, record in enumerate(kept):
+            mask = mask_utils.decode(record["segmentation"]).astype(bool)
+            regions.append(brush_region(mask, brush, to_name, label, float(record["predicted_iou"]),
+                                        region_id=f"tinysam-{i}"))
+        logger.info("everything mode on %s: %d masks, %d kept, %.2f s", location.identity, len(records),
+                    len(regions), time.perf_counter() - start)
+        return regions
+
+    # ------------------------------------------------------------------------------------------------ images
+    def embedding(self, location: ImageLocation) -> ImageEmbedding:
+        """The image's embedding, encoded once per image identity while it stays in the cache."""
+        emb, _ = self.embeddings.get_or_compute(location.identity,
+                                                lambda: self.predictor.embed(self.fetcher.load(location)))
+        return emb
+
+    def stats(self) -> dict:
+        return {"embedding_cache": vars(self.embeddings.stats()), "refine_cache": vars(self.refine_logits.stats())}
+
+
+def _regions_bytes(regions: list) -> int:
+    return 1024 + sum(8 * len(r["value"]["rle"]) + 512 for r in regions)

@@ -1,0 +1,180 @@
+"""Settings of the Label Studio ML backend: the one place this part reads the environment (`from_env()`).
+
+Variable names follow Label Studio's own ML backends (`LABEL_STUDIO_URL`, `LABEL_STUDIO_API_KEY`,
+`BASIC_AUTH_USER`, `BASIC_AUTH_PASS`); the rest are prefixed `TINYSAM_LS_`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import TinySAMError
+
+
+class SettingsError(TinySAMError, ValueError):
+    """An environment variable of the Label Studio backend has a value that cannot be used."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from e
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from e
+    if not math.isfinite(value) or value < minimum:
+        raise SettingsError(f"{name} must be a finite number >= {minimum}, got {raw!r}")
+    return value
+
+
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+    return _int(env, name, 0, minimum=1) if env.get(name, "").strip() else None
+
+
+def _optional_float(env: Mapping[str, str], name: str, minimum: float = 0.0) -> float | None:
+    return _float(env, name, 0.0, minimum=minimum) if env.get(name, "").strip() else None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower() for h in env.get(name, "").split(",") if h.strip())
+
+
+@dataclass(frozen=True)
+class LabelStudioSettings:
+    """How the backend reaches Label Studio, protects itself, and what it answers.
+
+    label_studio_url: `LABEL_STUDIO_URL`, base URL of Label Studio (images `/data/...` are fetched from it; its host
+        is trusted even on loopback or a private network).
+    label_studio_api_key: `LABEL_STUDIO_API_KEY`, a legacy token or a personal access token (JWT refresh token,
+        exchanged at `/api/token/refresh/`).
+    media_dir: `LABEL_STUDIO_MEDIA_DIR` (or `LABEL_STUDIO_BASE_DATA_DIR`/media): read `/data/upload/...` straight
+        from disk when Label Studio runs on the same machine.
+    local_files_root: `LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`: read `/data/local-files/?d=...` from disk.
+    allowed_hosts: `TINYSAM_LS_ALLOWED_HOSTS`, comma-separated extra hosts task URLs may point at (public addresses
+        only; `*.example.com` allows subdomains).
+    basic_auth_user / basic_auth_pass: `BASIC_AUTH_USER` / `BASIC_AUTH_PASS`, required of every request but `/health`
+        when both are set.
+    cache_bytes: `TINYSAM_LS_CACHE_BYTES`, bound of the image-embedding cache per worker (an embedding is 4 MiB).
+    refine_entries: `TINYSAM_LS_REFINE_ENTRIES`, low-res logits kept for click refinement (256 KiB each).
+    max_body_bytes: `TINYSAM_LS_MAX_BODY_BYTES`, request bodies above are refused with 413.
+    max_image_bytes: `TINYSAM_LS_MAX_IMAGE_BYTES`, downloads above are refused.
+    fetch_timeout: `TINYSAM_LS_FETCH_TIMEOUT`, seconds for connecting to and for each read from an image host.
+    batch_enabled: `TINYSAM_LS_BATCH_ENABLED`, answer `/predict` without context with hierarchical everything.
+    batch_max_regions: `TINYSAM_LS_BATCH_MAX_REGIONS`, most brush regions per task (highest predicted IoU first).
+    batch_min_area: `TINYSAM_LS_BATCH_MIN_AREA`, smallest mask area kept, as a fraction of the image area.
+    batch_tasks_per_request: `TINYSAM_LS_BATCH_TASKS_PER_REQUEST`, above this many tasks in one `/predict` the
+        backend answers the first task only, so that Label Studio asks again one task per request (each with its
+        own 100 s timeout) instead of timing out on the whole batch.
+    batch_points_per_side, batch_pred_iou_thresh, batch_stability_score_thresh, batch_high_score_thresh,
+        batch_box_nms_thresh: `TINYSAM_LS_BATCH_POINTS_PER_SIDE` … `TINYSAM_LS_BATCH_BOX_NMS_THRESH`, the parameters of
+        `segment_everything` under the same names (unset: its defaults).
+    model_version: `TINYSAM_LS_MODEL_VERSION`, the version string reported to Label Studio (default from the
+        checkpoint's file name).
+    """
+
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = None
+    media_dir: Path | None = None
+    local_files_root: Path | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    cache_bytes: int = 512 * 1024 * 1024
+    refine_entries: int = 256
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_image_bytes: int = 64 * 1024 * 1024
+    fetch_timeout: float = 10.0
+    batch_enabled: bool = True
+    batch_max_regions: int = 50
+    batch_min_area: float = 0.0005
+    batch_tasks_per_request: int = 1
+    batch_points_per_side: int | None = None
+    batch_pred_iou_thresh: float | None = None
+    batch_stability_score_thresh: float | None = None
+    batch_high_score_thresh: float | None = None
+    batch_box_nms_thresh: float | None = None
+    model_version: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.label_studio_url is not None and not self.label_studio_url.startswith(("http://", "https://")):
+            raise SettingsError(f"LABEL_STUDIO_URL must start with http:// or https://, got {self.label_studio_url!r}")
+        if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
+            raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        if not 0.0 <= self.batch_min_area < 1.0:
+            raise SettingsError(f"TINYSAM_LS_BATCH_MIN_AREA must be a fraction in [0, 1), got {self.batch_min_area}")
+
+    def everything_params(self) -> dict:
+        """Keyword arguments for `segment_everything` that were set (the others keep its defaults)."""
+        params = {"points_per_side": self.batch_points_per_side, "pred_iou_thresh": self.batch_pred_iou_thresh,
+                  "stability_score_thresh": self.batch_stability_score_thresh,
+                  "high_score_thresh": self.batch_high_score_thresh, "box_nms_thresh": self.batch_box_nms_thresh}
+        return {k: v for k, v in params.items() if v is not None}
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        if self.basic_auth_user is None or self.basic_auth_pass is None:
+            return None
+        return self.basic_auth_user, self.basic_auth_pass
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LabelStudioSettings:
+        env = os.environ if environ is None else environ
+        media = env.get("LABEL_STUDIO_MEDIA_DIR") or None
+        if media is None and env.get("LABEL_STUDIO_BASE_DATA_DIR"):
+            media = str(Path(env["LABEL_STUDIO_BASE_DATA_DIR"]) / "media")
+        local_root = env.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or None
+        url = (env.get("LABEL_STUDIO_URL") or "").strip().rstrip("/") or None
+        return cls(
+            label_studio_url=url,
+            label_studio_api_key=(env.get("LABEL_STUDIO_API_KEY") or "").strip() or None,
+            media_dir=Path(media) if media else None,
+            local_files_root=Path(local_root) if local_root else None,
+            allowed_hosts=_hosts(env, "TINYSAM_LS_ALLOWED_HOSTS"),
+            basic_auth_user=env.get("BASIC_AUTH_USER") or None,
+            basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
+            cache_bytes=_int(env, "TINYSAM_LS_CACHE_BYTES", cls.cache_bytes),
+            refine_entries=_int(env, "TINYSAM_LS_REFINE_ENTRIES", cls.refine_entries),
+            max_body_bytes=_int(env, "TINYSAM_LS_MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
+            max_image_bytes=_int(env, "TINYSAM_LS_MAX_IMAGE_BYTES", cls.max_image_bytes, minimum=1024),
+            fetch_timeout=_float(env, "TINYSAM_LS_FETCH_TIMEOUT", cls.fetch_timeout, minimum=0.1),
+            batch_enabled=_bool(env, "TINYSAM_LS_BATCH_ENABLED", cls.batch_enabled),
+            batch_max_regions=_int(env, "TINYSAM_LS_BATCH_MAX_REGIONS", cls.batch_max_regions, minimum=1),
+            batch_min_area=_float(env, "TINYSAM_LS_BATCH_MIN_AREA", cls.batch_min_area),
+            batch_tasks_per_request=_int(env, "TINYSAM_LS_BATCH_TASKS_PER_REQUEST", cls.batch_tasks_per_request,
+                                         minimum=1),
+            batch_points_per_side=_optional_int(env, "TINYSAM_LS_BATCH_POINTS_PER_SIDE"),
+            batch_pred_iou_thresh=_optional_float(env, "TINYSAM_LS_BATCH_PRED_IOU_THRESH"),
+            batch_stability_score_thresh=_optional_float(env, "TINYSAM_LS_BATCH_STABILITY_SCORE_THRESH"),
+            batch_high_score_thresh=_optional_float(env, "TINYSAM_LS_BATCH_HIGH_SCORE_THRESH", minimum=-1e9),
+            batch_box_nms_thresh=_optional_float(env, "TINYSAM_LS_BATCH_BOX_NMS_THRESH"),
+            model_version=(env.get("TINYSAM_LS_MODEL_VERSION") or "").strip() or None,
+        )
