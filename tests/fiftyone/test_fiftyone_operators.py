@@ -1,0 +1,169 @@
+"""The plugin's operators on real FiftyOne: immediately through `execute_operator`, and delegated — queued,
+then run by `DelegatedOperationService().execute_queued_operations`, the loop `fiftyone delegated launch` runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import EVERYTHING_TEST_PARAMS, PLUGIN  # tests/fiftyone/conftest.py
+
+
+def _run(fo, uri, dataset, params, *, view=None, delegate=False):
+    import fiftyone.operators as foo
+
+    result = foo.execute_operator(f"{PLUGIN}/{uri}", ctx={
+        "dataset": dataset, "view": view if view is not None else dataset.view(),
+        "params": params, "request_delegation": delegate})
+    if not delegate:
+        return result
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    assert result.delegated
+    op_id = result.result["id"]
+    service = DelegatedOperationService()
+    assert service.get(op_id).run_state == "queued"
+    service.execute_queued_operations(limit=10, log=True)  # what `fiftyone delegated launch` loops over
+    op = service.get(op_id)
+    assert op.run_state == "completed", op.result.error if op.result else op
+    return op
+
+
+def _requests(result):
+    return [r["operator_uri"] for r in result.executor.to_json()["requests"]]
+
+
+def _check_instance_masks(sample, field, image_size):
+    """Every detection: relative box inside the image, a 2-D mask whose shape is the box's pixel extent."""
+    from tinysam_backend.fiftyone_adapter import relative_box_to_pixels
+
+    dets = sample[field].detections
+    for d in dets:
+        x, y, w, h = d.bounding_box
+        assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= 1 + 1e-9 and y + h <= 1 + 1e-9
+        mask = d.get_mask()
+        assert mask is not None and mask.ndim == 2
+        x0, y0, x1, y1 = relative_box_to_pixels(d.bounding_box, image_size)
+        assert mask.shape == (y1 - y0, x1 - x0)
+    return dets
+
+
+def _size(sample):
+    return sample.metadata.height, sample.metadata.width
+
+
+def test_plugin_is_found_under_the_checkout(fo):
+    import fiftyone.operators as foo
+
+    uris = {op.uri for op in foo.list_operators()}
+    assert {f"{PLUGIN}/auto_mask", f"{PLUGIN}/mask_from_boxes", f"{PLUGIN}/evaluate_masks"} <= uris
+
+
+def test_auto_mask_immediate_writes_masks_and_resumes(fo, dataset, checkpoint):
+    params = dict(label_field="auto", checkpoint=checkpoint, mode="hierarchical", **EVERYTHING_TEST_PARAMS)
+    result = _run(fo, "auto_mask", dataset, params)
+    requests = _requests(result)
+    assert requests.count("set_progress") == len(dataset) + 1 and requests[-1] == "reload_dataset"
+
+    dataset.reload()
+    first_ids = {}
+    for sample in dataset:
+        dets = _check_instance_masks(sample, "auto", _size(sample))
+        assert len(dets) >= 1
+        for d in dets:
+            assert d.mask.dtype == bool and d.mask_path is None
+            assert d.confidence > EVERYTHING_TEST_PARAMS["pred_iou_thresh"]
+            assert d.stability_score >= 0.0 and d.area == int(d.mask.sum()) > 0
+            assert d.label is None
+        first_ids[sample.id] = [d.id for d in dets]
+
+    # Interrupted run: one sample lost its masks. A rerun does that sample only.
+    lost = dataset.first()
+    lost["auto"] = None
+    lost.save()
+    _run(fo, "auto_mask", dataset, params)
+    dataset.reload()
+    for sample in dataset:
+        ids = [d.id for d in sample.auto.detections]
+        if sample.id == lost.id:
+            assert ids and ids != first_ids[sample.id]
+        else:
+            assert ids == first_ids[sample.id]
+
+
+def test_auto_mask_delegated_on_disk(fo, dataset, checkpoint, mask_dir):
+    view = dataset.match({"filepath": {"$regex": "shapes"}})
+    params = dict(label_field="auto_disk", checkpoint=checkpoint, output_dir=str(mask_dir), mode="dense",
+                  **{**EVERYTHING_TEST_PARAMS, "points_per_side": 3})
+    op = _run(fo, "auto_mask", dataset, params, view=view, delegate=True)
+    assert op.status.progress == pytest.approx(1.0)
+
+    dataset.reload()
+    assert dataset.count("auto_disk") == 1  # only the view's sample
+    sample = view.first()
+    dets = _check_instance_masks(sample, "auto_disk", _size(sample))
+    assert dets
+    for d in dets:
+        assert d.mask is None and Path(d.mask_path).is_file()
+        assert Path(d.mask_path).parent == mask_dir / "auto_disk" / sample.id
+
+
+@pytest.mark.parametrize("delegate", [False, True], ids=["immediate", "delegated"])
+def test_mask_from_boxes(fo, dataset, checkpoint, delegate):
+    params = dict(box_field="boxes", label_field="box_masks", checkpoint=checkpoint, boxes_per_batch=4)
+    result = _run(fo, "mask_from_boxes", dataset, params, delegate=delegate)
+    if not delegate:
+        assert _requests(result)[-1] == "reload_dataset"
+    dataset.reload()
+    for sample in dataset:
+        dets = _check_instance_masks(sample, "box_masks", _size(sample))
+        boxes = sample.boxes.detections
+        assert [d.label for d in dets] == [b.label for b in boxes]
+        assert [d.prompt_id for d in dets] == [b.id for b in boxes]
+        assert all(d.confidence == pytest.approx(0.9) for d in dets)
+        assert all(np.isfinite(d.predicted_iou) for d in dets)
+
+
+@pytest.mark.parametrize("delegate", [False, True], ids=["immediate", "delegated"])
+def test_evaluate_masks_against_itself_is_perfect(fo, dataset, delegate):
+    dataset.clone_sample_field("ground_truth", "gt_copy")
+    for sample in dataset:
+        for k, d in enumerate(sample.gt_copy.detections):
+            d.confidence = 1.0 - 0.01 * k
+        sample.save()
+    params = dict(pred_field="gt_copy", gt_field="ground_truth", eval_key="selfeval", compute_mAP=True)
+    result = _run(fo, "evaluate_masks", dataset, params, delegate=delegate)
+    summary = result.result if delegate else result.result
+    if delegate:
+        summary = result.result.result
+    n_gt = dataset.count("ground_truth.detections")
+    assert summary["tp"] == n_gt and summary["fp"] == 0 and summary["fn"] == 0
+    assert summary["mAP"] == pytest.approx(1.0) and summary["classwise"] is True
+    assert summary["mean_best_iou"] == pytest.approx(1.0)
+
+    dataset.reload()
+    assert "selfeval" in dataset.list_evaluations()
+    assert dataset.values("selfeval_tp") == [len(s.ground_truth.detections) for s in dataset]
+    assert dataset.values("selfeval_mean_best_iou") == pytest.approx([1.0] * len(dataset))
+    assert set(dataset.distinct("gt_copy.detections.selfeval")) == {"tp"}
+    assert dataset.bounds("gt_copy.detections.selfeval_iou") == pytest.approx((1.0, 1.0))
+
+
+def test_evaluate_auto_masks_class_agnostic(fo, dataset, checkpoint):
+    """auto_mask's masks carry no labels: matched across classes, GT labels left as they were."""
+    _run(fo, "auto_mask", dataset, dict(label_field="auto", checkpoint=checkpoint, **EVERYTHING_TEST_PARAMS))
+    result = _run(fo, "evaluate_masks", dataset, dict(pred_field="auto", gt_field="ground_truth",
+                                                      eval_key="autoeval"))
+    summary = result.result
+    assert summary["classwise"] is False and summary["mAP"] is None
+    dataset.reload()
+    n_pred = dataset.count("auto.detections")
+    n_gt = dataset.count("ground_truth.detections")
+    assert summary["tp"] + summary["fp"] == n_pred and summary["tp"] + summary["fn"] == n_gt
+    assert set(dataset.distinct("ground_truth.detections.label")) == {"coin", "square", "disk"}
+    assert dataset.distinct("auto.detections.label") == []
+    ious = dataset.values("autoeval_mean_best_iou")
+    assert all(0.0 <= v <= 1.0 for v in ious)
+    assert summary["mean_best_iou"] == pytest.approx(float(np.mean(ious)))
