@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EVERYTHING_TEST_PARAMS, PLUGIN  # tests/fiftyone/conftest.py
+PLUGIN = "@tinysam/tinysam"
+# Random-weight parity model: masks are noise, so the filters must let them through (see the parity manifest).
+EVERYTHING_TEST_PARAMS = dict(points_per_side=4, pred_iou_thresh=0.06, stability_score_thresh=0.0,
+                              high_score_thresh=0.12, box_nms_thresh=1.0, points_per_batch=16)
 
 
 def _run(fo, uri, dataset, params, *, view=None, delegate=False):
@@ -61,7 +64,7 @@ def test_plugin_is_found_under_the_checkout(fo):
     assert {f"{PLUGIN}/auto_mask", f"{PLUGIN}/mask_from_boxes", f"{PLUGIN}/evaluate_masks"} <= uris
 
 
-def test_auto_mask_immediate_writes_masks_and_resumes(fo, dataset, checkpoint):
+def test_auto_mask_immediate_writes_masks_resumes_and_evaluates(fo, dataset, checkpoint):
     params = dict(label_field="auto", checkpoint=checkpoint, mode="hierarchical", **EVERYTHING_TEST_PARAMS)
     result = _run(fo, "auto_mask", dataset, params)
     requests = _requests(result)
@@ -92,6 +95,22 @@ def test_auto_mask_immediate_writes_masks_and_resumes(fo, dataset, checkpoint):
         else:
             assert ids == first_ids[sample.id]
 
+    # auto_mask's masks carry no labels: evaluated class-agnostically, the GT labels stay as they were.
+    result = _run(fo, "evaluate_masks", dataset, dict(pred_field="auto", gt_field="ground_truth",
+                                                      eval_key="autoeval"))
+    summary = result.result
+    assert summary["classwise"] is False and summary["mAP"] is None
+    dataset.reload()
+    n_pred = dataset.count("auto.detections")
+    n_gt = dataset.count("ground_truth.detections")
+    assert summary["tp"] + summary["fp"] == n_pred and summary["tp"] + summary["fn"] == n_gt
+    assert set(dataset.distinct("ground_truth.detections.label")) == {"coin", "square", "disk"}
+    assert dataset.distinct("auto.detections.label") == []
+    assert set(dataset.distinct("auto.detections.autoeval")) <= {"tp", "fp"}
+    ious = dataset.values("autoeval_mean_best_iou")
+    assert all(0.0 <= v <= 1.0 for v in ious)
+    assert summary["mean_best_iou"] == pytest.approx(float(np.mean(ious)))
+
 
 def test_auto_mask_delegated_on_disk(fo, dataset, checkpoint, mask_dir):
     view = dataset.match({"filepath": {"$regex": "shapes"}})
@@ -113,11 +132,15 @@ def test_auto_mask_delegated_on_disk(fo, dataset, checkpoint, mask_dir):
 @pytest.mark.parametrize("delegate", [False, True], ids=["immediate", "delegated"])
 def test_mask_from_boxes(fo, dataset, checkpoint, delegate):
     params = dict(box_field="boxes", label_field="box_masks", checkpoint=checkpoint, boxes_per_batch=4)
-    result = _run(fo, "mask_from_boxes", dataset, params, delegate=delegate)
+    view = dataset.limit(1) if delegate else dataset.view()  # delegated: the queued view is honoured
+    result = _run(fo, "mask_from_boxes", dataset, params, view=view, delegate=delegate)
     if not delegate:
         assert _requests(result)[-1] == "reload_dataset"
+    else:
+        assert result.status.progress == pytest.approx(1.0)
     dataset.reload()
-    for sample in dataset:
+    assert dataset.count("box_masks") == len(view)
+    for sample in view:
         dets = _check_instance_masks(sample, "box_masks", _size(sample))
         boxes = sample.boxes.detections
         assert [d.label for d in dets] == [b.label for b in boxes]
@@ -135,9 +158,7 @@ def test_evaluate_masks_against_itself_is_perfect(fo, dataset, delegate):
         sample.save()
     params = dict(pred_field="gt_copy", gt_field="ground_truth", eval_key="selfeval", compute_mAP=True)
     result = _run(fo, "evaluate_masks", dataset, params, delegate=delegate)
-    summary = result.result if delegate else result.result
-    if delegate:
-        summary = result.result.result
+    summary = result.result.result if delegate else result.result  # delegated: the operation's stored result
     n_gt = dataset.count("ground_truth.detections")
     assert summary["tp"] == n_gt and summary["fp"] == 0 and summary["fn"] == 0
     assert summary["mAP"] == pytest.approx(1.0) and summary["classwise"] is True
@@ -149,21 +170,3 @@ def test_evaluate_masks_against_itself_is_perfect(fo, dataset, delegate):
     assert dataset.values("selfeval_mean_best_iou") == pytest.approx([1.0] * len(dataset))
     assert set(dataset.distinct("gt_copy.detections.selfeval")) == {"tp"}
     assert dataset.bounds("gt_copy.detections.selfeval_iou") == pytest.approx((1.0, 1.0))
-
-
-def test_evaluate_auto_masks_class_agnostic(fo, dataset, checkpoint):
-    """auto_mask's masks carry no labels: matched across classes, GT labels left as they were."""
-    _run(fo, "auto_mask", dataset, dict(label_field="auto", checkpoint=checkpoint, **EVERYTHING_TEST_PARAMS))
-    result = _run(fo, "evaluate_masks", dataset, dict(pred_field="auto", gt_field="ground_truth",
-                                                      eval_key="autoeval"))
-    summary = result.result
-    assert summary["classwise"] is False and summary["mAP"] is None
-    dataset.reload()
-    n_pred = dataset.count("auto.detections")
-    n_gt = dataset.count("ground_truth.detections")
-    assert summary["tp"] + summary["fp"] == n_pred and summary["tp"] + summary["fn"] == n_gt
-    assert set(dataset.distinct("ground_truth.detections.label")) == {"coin", "square", "disk"}
-    assert dataset.distinct("auto.detections.label") == []
-    ious = dataset.values("autoeval_mean_best_iou")
-    assert all(0.0 <= v <= 1.0 for v in ious)
-    assert summary["mean_best_iou"] == pytest.approx(float(np.mean(ious)))
