@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import PromptError
 from ..predictor import ImageEmbedding, Predictor
 from .cache import SingleFlightCache
 from .images import ImageFetcher, ImageLocation
@@ -29,7 +30,7 @@ from .protocol import (
     resize_mask_nearest,
     task_image_reference,
 )
-from .settings import LabelStudioSettings
+from .settings import LabelStudioSettings, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,13 @@ class SegmentationBackend:
         self.refine_logits: SingleFlightCache[np.ndarray] = SingleFlightCache(
             settings.refine_entries * LOGITS_BYTES, lambda a: a.nbytes)
         self.pre_annotations: SingleFlightCache[list] = SingleFlightCache(PRE_ANNOTATION_CACHE_BYTES, _regions_bytes)
+        if settings.batch_enabled:  # a bad TINYSAM_LS_BATCH_* value fails at start-up, not on the first batch
+            from ..everything import EverythingParams
+
+            try:
+                EverythingParams(mode="hierarchical", **settings.everything_params())
+            except ValueError as e:
+                raise SettingsError(f"TINYSAM_LS_BATCH_* settings: {e}") from e
 
     # ---------------------------------------------------------------------------------------------- requests
     def predict(self, request: PredictRequest) -> dict:
@@ -90,6 +98,10 @@ class SegmentationBackend:
     def interactive(self, task: dict, regions: tuple[dict, ...], config: LabelConfig) -> dict:
         """One task with the annotator's regions → one brush region for the prompt they form."""
         prompt = prompt_from_context(regions, config)
+        h, w = prompt.original_size
+        if h * w > self.predictor.max_image_pixels:
+            raise PromptError(f"original_width x original_height = {w}x{h} is more than the limit of "
+                              f"{self.predictor.max_image_pixels} pixels")
         brush = config.brush_for(prompt.to_name, prompt.label)
         location = self.fetcher.locate(task_image_reference(task, config, prompt.to_name))
         emb = self.embedding(location)

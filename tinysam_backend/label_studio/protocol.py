@@ -178,6 +178,8 @@ def prompt_from_context(regions: tuple[dict, ...] | list[dict], config: LabelCon
         if region.get("to_name") != to_name:
             continue  # a prompt on another Image of the same task
         where = f"params.context.result[{i}]"
+        if not isinstance(region.get("value"), dict):
+            raise PromptError(f"{where}.value must be an object with x, y (percent), got {_describe(region.get('value'))}")
         rsize = _size(region, where)
         if size is None:
             size = rsize
