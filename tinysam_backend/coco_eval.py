@@ -65,21 +65,15 @@ def segment_detections(predictor, image, detections: Sequence[dict], *,
     Each result keeps the detection's image_id, category_id and score, and adds `predicted_iou` (the best of
     the three masks, chosen by predicted IoU).
     """
-    from .fiftyone_adapter import best_of_three, mask_to_rle
+    from .fiftyone_adapter import mask_to_rle, masks_for_boxes
 
     if not detections:
         return []
     emb = predictor.embed(image)
-    xyxy = xywh_to_xyxy([d["bbox"] for d in detections])
-    results = []
-    for start in range(0, len(detections), boxes_per_batch):
-        masks, scores, _ = predictor.predict_batch(emb, boxes=xyxy[start:start + boxes_per_batch])
-        best, best_scores = best_of_three(masks, scores)
-        for det, mask, score in zip(detections[start:start + boxes_per_batch], best, best_scores):
-            results.append({"image_id": det["image_id"], "category_id": det["category_id"],
-                            "segmentation": mask_to_rle(mask), "score": det["score"],
-                            "predicted_iou": float(score)})
-    return results
+    masks, scores = masks_for_boxes(predictor, emb, xywh_to_xyxy([d["bbox"] for d in detections]), boxes_per_batch)
+    return [{"image_id": det["image_id"], "category_id": det["category_id"], "segmentation": mask_to_rle(mask),
+             "score": det["score"], "predicted_iou": float(score)}
+            for det, mask, score in zip(detections, masks, scores)]
 
 
 def mask_ap(coco_gt, results: list[dict], image_ids: Optional[Sequence[int]] = None) -> dict:

@@ -129,3 +129,18 @@ def test_render_preview_puts_predictions_left_and_ground_truth_right():
     assert (left[4, 4] != 100).any() and (right == 100).all()
     with pytest.raises(ValueError, match="uint8"):
         render_preview(img.astype(np.float32), [pred])
+
+
+def test_masks_for_boxes_equals_best_of_three_of_the_full_prediction(tiny_model):
+    from tinysam_backend import Predictor
+    from tinysam_backend.fiftyone_adapter import masks_for_boxes
+
+    predictor = Predictor(tiny_model)
+    rng = np.random.default_rng(0)
+    emb = predictor.embed(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    boxes = np.array([[2, 3, 30, 20], [10, 5, 58, 39], [0, 0, 60, 40]], np.float64)
+    masks, scores, _ = predictor.predict_batch(emb, boxes=boxes)
+    want_masks, want_scores = best_of_three(masks, scores)
+    got_masks, got_scores = masks_for_boxes(predictor, emb, boxes, boxes_per_batch=2)
+    np.testing.assert_array_equal(got_masks, want_masks)
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5, atol=1e-6)  # batches of 2 vs 3
