@@ -1,0 +1,14 @@
+"""Segment everything: TinySAM's hierarchical strategy (paper §3.4) and SAM's dense grid.
+
+`segment_everything(predictor, image, mode="hierarchical" | "dense", ...)` returns one record per mask
+(COCO RLE `segmentation`, `bbox` XYWH, `area`, `predicted_iou`, `stability_score`, `point_coords`).
+Modules: `generator` (the algorithm), `point_grids` (first/second-round points), `postprocess` (stability,
+boxes, NMS, RLE), `decoders` / `fast_decoder` (batched decoding of many point prompts), `cli`.
+Nothing heavy is imported until a function is called.
+"""
+
+from __future__ import annotations
+
+from .generator import EverythingParams, EverythingResult, run_everything, segment_everything
+
+__all__ = ["EverythingParams", "EverythingResult", "run_everything", "segment_everything"]
