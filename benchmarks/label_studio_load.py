@@ -1,0 +1,221 @@
+"""Load benchmark of the Label Studio backend under gunicorn (not a test; run it by hand).
+
+    .venv/bin/python benchmarks/label_studio_load.py [--checkpoint PATH] [--workers 1] [--threads 4]
+                                                     [--clicks 40] [--annotators 4]
+
+It starts `tinysam serve` on 127.0.0.1 (default checkpoint: the parity checkpoint in ../shared/parity, the same
+architecture and cost as TinySAM), with a Label Studio media directory holding 8 images from scikit-image's
+bundled data, and measures, in one run:
+
+1. cold clicks: the first click on each image (fetch + encode + decode), one at a time;
+2. warm clicks: 4 concurrent annotators, each on its own image, clicking in turn (each waits for its answer, then
+   adds a click; every 4th click starts a new object) → p50 / p95 / max, against the 150 ms target;
+3. the in-process floor: `Predictor.predict` + brush RLE for the same prompts, no HTTP, one thread;
+4. cross-talk: a fresh server, 8 clients on 8 different images, all first clicks released at once, then more
+   clicks → every answer must be its own image's mask (compared with the core's answer for that image).
+
+Printed ratios: warm p50 / cold p50 (what the embedding cache saves) and warm p50 / in-process floor (HTTP,
+JSON and concurrency overhead). Traffic goes to 127.0.0.1 only; every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "label_studio"))
+from ls_helpers import keypoint, predict_body, serve  # noqa: E402
+
+IMAGES = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "immunohistochemistry", "hubble_deep_field"]
+TARGET_P95_MS = 150.0
+
+
+def load_images(media: Path) -> dict[str, np.ndarray]:
+    import skimage.data
+
+    from tinysam_backend.image_io import array_to_rgb
+
+    upload = media / "upload" / "1"
+    upload.mkdir(parents=True, exist_ok=True)
+    images = {}
+    for name in IMAGES:
+        rgb = array_to_rgb(getattr(skimage.data, name)())
+        Image.fromarray(rgb).save(upload / f"{name}.png")
+        images[name] = rgb
+    return images
+
+
+def ref(name: str) -> str:
+    return f"/data/upload/1/{name}.png"
+
+
+def click_path(rng: np.random.Generator, clicks: int) -> list[list[dict]]:
+    """Successive contexts of one annotator: objects of up to 4 clicks (1 positive, then mixed)."""
+    contexts, current = [], []
+    for i in range(clicks):
+        if i % 4 == 0:
+            current = []
+        x, y = rng.uniform(5, 95, 2)
+        current = current + [(float(x), float(y), len(current) == 0 or bool(rng.random() < 0.6))]
+        contexts.append(list(current))
+    return contexts
+
+
+def regions_for(context, w: int, h: int) -> list[dict]:
+    return [keypoint(x, y, w, h, positive=p) for x, y, p in context]
+
+
+def post(session: requests.Session, url: str, body: dict) -> tuple[float, dict]:
+    start = time.perf_counter()
+    r = session.post(url + "/predict", json=body, timeout=120)
+    elapsed = time.perf_counter() - start
+    if r.status_code != 200:
+        raise RuntimeError(f"/predict answered {r.status_code}: {r.text[:300]}")
+    return elapsed, r.json()
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=str(REPO.parent / "shared" / "parity" / "tinysam_random_weights.pth"))
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--annotators", type=int, default=4)
+    parser.add_argument("--clicks", type=int, default=40, help="clicks per annotator in the warm phase")
+    args = parser.parse_args()
+
+    from tinysam_backend import Predictor, load_model
+    from tinysam_backend.label_studio.brush_rle import brush_rle_to_mask, mask_to_brush_rle
+
+    tmp = Path(tempfile.mkdtemp(prefix="tinysam-ls-bench-"))
+    images = load_images(tmp / "media")
+    env = {"LABEL_STUDIO_MEDIA_DIR": str(tmp / "media")}
+    print(f"checkpoint {args.checkpoint}; gunicorn {args.workers} worker(s) x {args.threads} threads; "
+          f"{len(images)} images {sorted({f'{a.shape[1]}x{a.shape[0]}' for a in images.values()})}")
+
+    # ------------------------------------------------------------------ 1 + 2: cold, then warm concurrent clicks
+    server = serve(Path(args.checkpoint), env, tmp / "gunicorn-1.log", workers=args.workers, threads=args.threads)
+    try:
+        session = requests.Session()
+        cold = []
+        for name in IMAGES:
+            h, w = images[name].shape[:2]
+            elapsed, _ = post(session, server.url, predict_body(ref(name), [keypoint(50, 50, w, h)], task_id=900))
+            cold.append(elapsed)
+        rngs = [np.random.default_rng(i) for i in range(args.annotators)]
+        paths = [click_path(rngs[i], args.clicks) for i in range(args.annotators)]
+        warm: list[float] = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(args.annotators)
+
+        def annotator(i: int) -> None:
+            name = IMAGES[i % len(IMAGES)]
+            h, w = images[name].shape[:2]
+            s = requests.Session()
+            barrier.wait()
+            for n, context in enumerate(paths[i]):
+                task_id = 1000 * (i + 1) + n // 4  # a new task key per object keeps refinement histories apart
+                elapsed, _ = post(s, server.url, predict_body(ref(name), regions_for(context, w, h), task_id=task_id))
+                with lock:
+                    warm.append(elapsed)
+
+        threads = [threading.Thread(target=annotator, args=(i,)) for i in range(args.annotators)]
+        wall = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - wall
+        health = session.get(server.url + "/health", timeout=10).json()
+    finally:
+        server.stop()
+
+    # --------------------------------------------------------------------------- 3: in-process floor, one thread
+    predictor = Predictor(load_model(args.checkpoint))
+    floor = []
+    embs = {name: predictor.embed(images[name]) for name in IMAGES[: args.annotators]}
+    for i in range(args.annotators):
+        name = IMAGES[i % len(IMAGES)]
+        h, w = images[name].shape[:2]
+        for context in paths[i][:10]:
+            pts = np.array([[x * w / 100, y * h / 100] for x, y, _ in context])
+            labels = np.array([int(p) for _, _, p in context])
+            start = time.perf_counter()
+            masks, scores, _ = predictor.predict(embs[name], pts, labels)
+            mask_to_brush_rle(masks[int(np.argmax(scores))])
+            floor.append(time.perf_counter() - start)
+
+    # ---------------------------------------------------------------- 4: 8 clients, 8 images, fresh server, at once
+    expected = {}
+    for name in IMAGES:
+        h, w = images[name].shape[:2]
+        emb = predictor.embed(images[name])
+        for k, (x, y) in enumerate([(50, 50), (30, 60), (70, 35)]):
+            masks, scores, _ = predictor.predict(emb, np.array([[x * w / 100, y * h / 100]]), np.array([1]))
+            expected[(name, k)] = masks[int(np.argmax(scores))]
+    server = serve(Path(args.checkpoint), env, tmp / "gunicorn-2.log", workers=args.workers, threads=args.threads)
+    mismatches, answers, first_click = [], 0, []
+    try:
+        barrier = threading.Barrier(len(IMAGES))
+
+        def client(name: str, j: int) -> None:
+            nonlocal answers
+            h, w = images[name].shape[:2]
+            s = requests.Session()
+            barrier.wait()
+            for k, (x, y) in enumerate([(50, 50), (30, 60), (70, 35)]):
+                # Each click is a first click (new task id): the answer depends on the image only.
+                elapsed, body = post(s, server.url, predict_body(ref(name), [keypoint(x, y, w, h)], task_id=j * 10 + k))
+                region = body["results"][0]["result"][0]
+                got = brush_rle_to_mask(region["value"]["rle"], region["original_height"], region["original_width"])
+                with lock:
+                    answers += 1
+                    if k == 0:
+                        first_click.append(elapsed)
+                    if got.shape != expected[(name, k)].shape or not np.array_equal(got, expected[(name, k)]):
+                        mismatches.append((name, k))
+
+        threads = [threading.Thread(target=client, args=(name, j)) for j, name in enumerate(IMAGES)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        cache = requests.get(server.url + "/health", timeout=10).json()["stats"]["embedding_cache"]
+    finally:
+        server.stop()
+
+    ms = 1000.0
+    cold_p50, warm_p50, floor_p50 = (statistics.median(v) * ms for v in (cold, warm, floor))
+    warm_p95 = percentile(warm, 95) * ms
+    print(f"\ncold first click per image (fetch + encode + decode), sequential: p50 {cold_p50:.0f} ms, "
+          f"max {max(cold) * ms:.0f} ms")
+    print(f"warm clicks, {args.annotators} concurrent annotators x {args.clicks} clicks ({len(warm)} clicks in "
+          f"{wall:.1f} s, {len(warm) / wall:.1f} clicks/s):")
+    print(f"    p50 {warm_p50:.1f} ms   p95 {warm_p95:.1f} ms   max {max(warm) * ms:.1f} ms   "
+          f"(target p95 <= {TARGET_P95_MS:.0f} ms: {'met' if warm_p95 <= TARGET_P95_MS else 'NOT met'})")
+    print(f"in-process floor (predict + brush RLE, 1 thread, no HTTP): p50 {floor_p50:.1f} ms")
+    print(f"ratios: warm/cold p50 = {warm_p50 / cold_p50:.3f}   warm p50 / in-process floor = "
+          f"{warm_p50 / floor_p50:.2f}")
+    print(f"embedding cache during the warm phase: {health['stats']['embedding_cache']}")
+    print(f"\n{len(IMAGES)} clients on {len(IMAGES)} images at once (fresh server): {answers} answers, "
+          f"{len(mismatches)} not their own image's mask {mismatches or ''}; first clicks (all encoding at once) "
+          f"p50 {statistics.median(first_click) * ms:.0f} ms, max {max(first_click) * ms:.0f} ms; "
+          f"encodes: {cache['misses']} for {len(IMAGES)} images")
+    return 1 if mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
