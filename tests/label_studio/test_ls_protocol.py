@@ -61,6 +61,12 @@ def test_clicks_and_latest_rectangle_form_one_prompt(config):
     assert prompt.previous_history() == prompt.history[:-1]
 
 
+def test_label_from_the_interfaces_value_labels(config):
+    region = keypoint(10, 10, 50, 50)
+    region["value"] = {"x": 10, "y": 10, "width": 0.5, "labels": ["dog"]}  # how the labeling UI serialises it
+    assert prompt_from_context([region], config).label == "dog"
+
+
 def test_history_grows_click_by_click(config):
     first = prompt_from_context([keypoint(10, 10, 50, 50)], config)
     second = prompt_from_context([keypoint(10, 10, 50, 50), keypoint(20, 20, 50, 50, positive=False)], config)

@@ -130,9 +130,10 @@ def _size(region: dict, where: str) -> tuple[int, int]:
 
 def _region_label(region: dict) -> str | None:
     value = region.get("value") or {}
-    labels = value.get(region.get("type"))
-    if isinstance(labels, list) and labels and isinstance(labels[0], str):
-        return labels[0]
+    # `value.<type>` in stored results; the labeling interface also puts a smart region's labels in `value.labels`.
+    for labels in (value.get(region.get("type")), value.get("labels")):
+        if isinstance(labels, list) and labels and isinstance(labels[0], str):
+            return labels[0]
     return None
 
 
