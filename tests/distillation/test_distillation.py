@@ -238,3 +238,17 @@ def test_torchrun_two_processes_keep_identical_weights(data, tmp_path):
     torch.manual_seed(100)
     init = build_sam("tiny_test_t").state_dict()
     assert not torch.equal(r0["mask_decoder.iou_token.weight"], init["mask_decoder.iou_token.weight"])
+
+
+def test_serving_path_never_imports_distillation():
+    code = ("import sys, tinysam_backend.predictor, tinysam_backend.checkpoint, tinysam_backend.cli; "
+            "print([m for m in sys.modules if 'distillation' in m])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_student_checkpoint_keys_are_the_official_layout(parity_checkpoint):
+    """What the trainer saves (`student.state_dict()` of a vit_t) has exactly the official file's keys and shapes."""
+    official = torch.load(parity_checkpoint, map_location="cpu", weights_only=True)
+    saved = load_model(parity_checkpoint).state_dict()
+    assert {k: tuple(v.shape) for k, v in saved.items()} == {k: tuple(v.shape) for k, v in official.items()}

@@ -372,7 +372,7 @@ def distill(config: DistillConfig, teacher: Sam | None = None, student: Sam | No
                                                   shuffle=True, seed=cfg.seed, drop_last=False)
     per_epoch = math.ceil(len(sampler) / cfg.batch_images)
     files = contextlib.ExitStack()
-    metrics_file = files.enter_context(open(out / METRICS, "a")) if d.rank == 0 else None
+    metrics_file = files.enter_context(open(out / METRICS, "a")) if d.rank == 0 else None  # noqa: SIM115 (closed in finally)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and d.rank == 0), desc="distill")
