@@ -390,6 +390,7 @@ def distill(config: DistillConfig, teacher: Sam | None = None, student: Sam | No
             samples = [dataset[i] for i in order[k * cfg.batch_images:(k + 1) * cfg.batch_images]]
             t_embs = torch.stack([cache.load(s.key) for s in samples]).to(d.device)
             gen = _step_generator(cfg, step, d.rank, d.device)
+            lr = scheduler.get_last_lr()[0]
             t0 = time.perf_counter()
             loss, metrics = _distill_step(step_module, teacher, samples, t_embs, cfg, gen, d.device)
             optimizer.zero_grad(set_to_none=True)
@@ -400,11 +401,13 @@ def distill(config: DistillConfig, teacher: Sam | None = None, student: Sam | No
             scheduler.step()
             if d.enabled and not frozen_bn:
                 _average_batchnorm_statistics(student, d)
+            if d.device.type == "cuda":
+                torch.cuda.synchronize(d.device)  # time the step, not the kernel launches
             metrics["seconds"] = time.perf_counter() - t0
             metrics = _reduce_metrics(metrics, d)
             done = step + 1
             if d.rank == 0:
-                record = {"step": done, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **metrics}
+                record = {"step": done, "epoch": epoch, "lr": lr, **metrics}
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
                 bar.set_postfix(loss=f"{metrics['total']:.4f}", iou=f"{metrics['mask_iou_vs_teacher']:.3f}")
