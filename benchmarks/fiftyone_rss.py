@@ -63,7 +63,7 @@ def measure(fo, paths, predictor, label: str, output_dir, params, marks) -> dict
     from tinysam_backend.fiftyone_adapter import auto_mask
 
     proc = psutil.Process()
-    ds = fo.Dataset()
+    ds = fo.Dataset(f"tinysam-rss-{label.replace(' ', '-')}", persistent=True, overwrite=True)
     ds.add_samples([fo.Sample(filepath=p) for p in paths])
     gc.collect()
     rss = {0: proc.memory_info().rss}
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--size", type=int, default=96, help="longest side of the images (pixels)")
     parser.add_argument("--checkpoint", help="real checkpoint (default: tiny random test model)")
-    parser.add_argument("--points-per-side", type=int, default=8)
+    parser.add_argument("--points-per-side", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=20, help="growth is measured from this sample on")
     args = parser.parse_args()
 
@@ -100,7 +100,7 @@ def main() -> None:
     predictor = build_predictor(args.checkpoint)
     # Permissive thresholds: random weights give low predicted IoUs; every image must yield masks.
     params = dict(points_per_side=args.points_per_side, pred_iou_thresh=-1.0, stability_score_thresh=0.0,
-                  high_score_thresh=0.0, box_nms_thresh=0.9, points_per_batch=64)
+                  high_score_thresh=0.0, box_nms_thresh=1.0, points_per_batch=64)
     n = args.images
     marks = sorted({1, args.warmup, n // 4, n // 2, 3 * n // 4, n} - {0})
     runs = [measure(fo, paths, predictor, "masks in documents", None, params, marks),

@@ -283,7 +283,8 @@ def iter_auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hier
                    output_dir=None, overwrite: bool = False, predictor=None,
                    **everything_params) -> Iterator[tuple[int, int]]:
     """Generator form of `auto_mask`: yields (samples_done, samples_to_do); returns the summary dict."""
-    from .everything.generator import segment_everything
+    from .errors import ImageError
+    from .everything import EverythingParams, segment_everything
     from .image_io import load_image
 
     _check_collection(view)
@@ -291,6 +292,7 @@ def iter_auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hier
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     everything_params.pop("progress", None)
+    EverythingParams(mode=mode, **everything_params)  # bad thresholds fail here, before any work
     todo = view if overwrite else view.exists(label_field, False)
     ids, paths = todo.values(["id", "filepath"])
     total = len(ids)
@@ -298,12 +300,19 @@ def iter_auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hier
     logger.info("auto_mask → %s: %d samples to do, %d already done", label_field, total, skipped)
     yield 0, total
     if total == 0:
-        return {"label_field": label_field, "samples": 0, "skipped": skipped, "masks": 0}
+        return {"label_field": label_field, "samples": 0, "skipped": skipped, "masks": 0, "failed": []}
     pred = _make_predictor(checkpoint, predictor)
     out_root = None if output_dir is None else Path(output_dir).expanduser() / label_field
     n_masks = 0
+    failed = []
     for i, (sample_id, filepath) in enumerate(zip(ids, paths)):
-        image = load_image(filepath, getattr(pred, "max_image_pixels", 100_000_000))
+        try:
+            image = load_image(filepath, getattr(pred, "max_image_pixels", 100_000_000))
+        except ImageError as e:  # left unset: reported, and retried by the next run
+            logger.warning("auto_mask: sample %s (%s) skipped: %s", sample_id, filepath, e)
+            failed.append(sample_id)
+            yield i + 1, total
+            continue
         records = segment_everything(pred, image, mode=mode, **everything_params)
         size = image.shape[:2]
         del image
@@ -322,7 +331,8 @@ def iter_auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hier
         _write_labels(view, sample_id, label_field, dets)
         n_masks += len(dets)
         yield i + 1, total
-    return {"label_field": label_field, "samples": total, "skipped": skipped, "masks": n_masks}
+    return {"label_field": label_field, "samples": total - len(failed), "skipped": skipped, "masks": n_masks,
+            "failed": failed}
 
 
 def auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hierarchical", output_dir=None,
@@ -336,7 +346,8 @@ def auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hierarchi
     redo samples whose field is already set (otherwise they are skipped, so a stopped run resumes).
     everything_params: `segment_everything`'s thresholds (points_per_side, pred_iou_thresh,
     stability_score_thresh, high_score_thresh, box_nms_thresh, min_mask_region_area, points_per_batch).
-    progress(done, total) is called after each sample. Returns {label_field, samples, skipped, masks}.
+    progress(done, total) is called after each sample. Images that cannot be read are logged and left
+    unset (retried by the next run). Returns {label_field, samples, skipped, masks, failed (sample ids)}.
     """
     return _drain(iter_auto_mask(view, label_field, checkpoint=checkpoint, mode=mode, output_dir=output_dir,
                                  overwrite=overwrite, predictor=predictor, **everything_params), progress)

@@ -170,3 +170,26 @@ def test_evaluate_masks_against_itself_is_perfect(fo, dataset, delegate):
     assert dataset.values("selfeval_mean_best_iou") == pytest.approx([1.0] * len(dataset))
     assert set(dataset.distinct("gt_copy.detections.selfeval")) == {"tp"}
     assert dataset.bounds("gt_copy.detections.selfeval_iou") == pytest.approx((1.0, 1.0))
+
+
+def test_auto_mask_library_skips_unreadable_images_and_checks_params_first(fo, tmp_path, tiny_model):
+    from tinysam_backend import Predictor, auto_mask
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((24, 32, 3), 120, np.uint8)).save(good)
+    bad.write_bytes(b"not an image")
+    ds = fo.Dataset()
+    ds.add_samples([fo.Sample(filepath=str(good)), fo.Sample(filepath=str(bad))])
+    with pytest.raises(ValueError, match="box_nms_thresh"):
+        auto_mask(ds, "auto", predictor=Predictor(tiny_model), box_nms_thresh=2.0)
+    assert "auto" not in ds.get_field_schema()
+    seen = []
+    summary = auto_mask(ds, "auto", predictor=Predictor(tiny_model), progress=lambda d, t: seen.append((d, t)),
+                        **{**EVERYTHING_TEST_PARAMS, "pred_iou_thresh": -10.0})
+    bad_id = ds.match({"filepath": str(bad)}).first().id
+    assert summary["failed"] == [bad_id] and summary["samples"] == 1
+    assert seen == [(0, 2), (1, 2), (2, 2)]
+    assert ds.count("auto") == 1 and ds[bad_id]["auto"] is None
+    ds.delete()
