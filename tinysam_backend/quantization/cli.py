@@ -50,15 +50,19 @@ def cmd_export_onnx(args: argparse.Namespace, settings) -> int:
 
 
 def register_cli(subparsers) -> None:
+    from .calibrate import CalibrationConfig
+
     q = subparsers.add_parser("quantize", help="W8A8 int8 ONNX artifact (load it with --checkpoint DIR)")
     q.add_argument("--checkpoint", help="fp32 state dict (default: TINYSAM_CHECKPOINT)")
     q.add_argument("--calib", nargs="+", metavar="DIR_OR_FILE",
                    help="calibration images or directories (default: scikit-image's bundled sample photos)")
     q.add_argument("--out", required=True, help="output directory (ONNX graphs + quantization.json)")
     q.add_argument("--num-images", type=int, default=8, help="calibration images used (default 8, as the paper)")
-    q.add_argument("--candidates", type=int, default=100, help="scale candidates per search (default 100)")
-    q.add_argument("--rounds", type=int, default=3, help="alternating search rounds (default 3; 0 = max-abs)")
-    q.add_argument("--rows-per-image", type=int, default=256, help="sampled positions per layer and image")
+    q.add_argument("--candidates", type=int, default=CalibrationConfig.candidates, help="scale candidates per search (default 100)")
+    q.add_argument("--rounds", type=int, default=CalibrationConfig.rounds,
+                   help=f"alternating search rounds (default {CalibrationConfig.rounds}; 0 = plain max-abs scales)")
+    q.add_argument("--rows-per-image", type=int, default=CalibrationConfig.rows_per_image,
+                   help="sampled positions per layer and image")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_quantize)
 

@@ -13,7 +13,7 @@ Quantization points are named by the ONNX node they quantize (`/image_encoder/la
   q, kᵀ, the softmax probabilities and v. Written as per-axis QuantizeLinear → MatMulInteger (int32) →
   Cast → Mul by the per-head product of scales: real int8 products with per-head scales, which the
   per-tensor QDQ fusion cannot express. Probabilities are non-negative, so they use uint8 with zero
-  point 0 (same symmetric quantizer, one more bit).
+  point 0 (same symmetric quantizer, one more bit); kᵀ and v use a 7-bit range (see ACT_B_QMAX).
 
 Everything else stays in fp32 (see `calibrate` for which and why).
 """
@@ -31,6 +31,11 @@ from onnx import TensorProto, helper, numpy_helper
 logger = logging.getLogger(__name__)
 
 INT8_MAX = 127
+# Second operand (kᵀ, v) of the activation × activation products: 7-bit range. ONNX Runtime's x86 AVX2 uint8 ×
+# int8 kernel (vpmaddubsw) adds pairs of products in int16 with saturation: with full-range operands
+# (255 · 127 · 2 > 32767) MatMulInteger was off by 31 % of its range here; with |b| <= 64 it is exact.
+# (Conv / linear weights are packed by ORT's QLinearConv / MatMulIntegerToFloat kernels and stay 8-bit.)
+ACT_B_QMIN, ACT_B_QMAX = -64, 63
 
 
 @dataclass
@@ -175,12 +180,21 @@ def _quantize_linear(ed: _GraphEditor, node: onnx.NodeProto, sc: PointScales) ->
     node.input[1] = w_dq
 
 
-def _head_quant(ed: _GraphEditor, node: onnx.NodeProto, tensor: str, scale: np.ndarray, dtype, zero: int) -> str:
+def _head_quant(ed: _GraphEditor, node: onnx.NodeProto, tensor: str, scale: np.ndarray, dtype, zero: int,
+                clip: tuple[int, int] | None = None) -> str:
     s = ed.const(tensor + "_scale", np.asarray(scale, np.float32))
     zp = ed.const(tensor + "_zp", np.full(np.shape(scale), zero, dtype))
     q = ed.uid(tensor + "_q")
+    src = tensor
+    if clip is not None:  # clamp to clip · scale per head (Min/Max broadcast; Clip takes scalars only)
+        per_head = np.asarray(scale, np.float32).reshape(1, -1, 1, 1)
+        lo, hi = ed.const(tensor + "_lo", clip[0] * per_head), ed.const(tensor + "_hi", clip[1] * per_head)
+        mn, mx = ed.uid(tensor + "_min"), ed.uid(tensor + "_max")
+        ed.new_nodes.setdefault(node.name, []).extend([
+            helper.make_node("Min", [tensor, hi], [mn], name=mn), helper.make_node("Max", [mn, lo], [mx], name=mx)])
+        src = mx
     ed.new_nodes.setdefault(node.name, []).append(
-        helper.make_node("QuantizeLinear", [tensor, s, zp], [q], name=q, axis=1))
+        helper.make_node("QuantizeLinear", [src, s, zp], [q], name=q, axis=1))
     return q
 
 
@@ -194,7 +208,7 @@ def _quantize_head_matmul(ed: _GraphEditor, node: onnx.NodeProto, s_a: np.ndarra
     """
     zero = 128 if a_signed else 0
     a_q = _head_quant(ed, node, node.input[0], s_a, np.uint8, zero)
-    b_q = _head_quant(ed, node, node.input[1], s_b, np.int8, 0)
+    b_q = _head_quant(ed, node, node.input[1], s_b, np.int8, 0, clip=(ACT_B_QMIN, ACT_B_QMAX))
     y = node.output[0]
     y32, yf = ed.uid(y + "_int32"), ed.uid(y + "_float")
     prod = ed.const(y + "_rescale", (np.asarray(s_a, np.float32) * np.asarray(s_b, np.float32)).reshape(1, -1, 1, 1))
@@ -216,6 +230,11 @@ def attention_matmul_nodes(graph: onnx.GraphProto, scope: str) -> tuple[onnx.Nod
              and "/" not in n.name[len(scope) + 1:]]
     if len(found) != 2:
         raise ValueError(f"expected 2 activation MatMuls in scope {scope!r}, found {[n.name for n in found]}")
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    if producers.get(found[1].input[0]) != "Softmax" or producers.get(found[0].input[0]) == "Mul":
+        raise ValueError(f"attention in {scope!r} is not the (q·kᵀ)·scale → softmax → ·v pattern the scales were "
+                         f"measured on (first inputs come from {producers.get(found[0].input[0])} and "
+                         f"{producers.get(found[1].input[0])})")
     return found[0], found[1]
 
 
