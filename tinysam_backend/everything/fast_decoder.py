@@ -188,7 +188,7 @@ class _Tokens:
     def Rr(self) -> torch.Tensor:
         return self.R[:, : self.r]
 
-    def take(self, sel: torch.Tensor) -> "_Tokens":
+    def take(self, sel: torch.Tensor) -> _Tokens:
         out = _Tokens.__new__(_Tokens)
         out.dd, out.L, out.R, out.r, out.v_tokens = self.dd[sel], self.Lr[sel], self.Rr[sel], self.r, []
         return out
@@ -348,7 +348,7 @@ class LowRankPointDecoder:
         out = self._token_to_image(tr.final_attn_token_to_image, self.ctx.final, tok, q_used + pe_used)
         return tr.norm_final_attn(q_used + out), tok
 
-    def __call__(self, points: np.ndarray) -> "_LowRankDecoded":
+    def __call__(self, points: np.ndarray) -> _LowRankDecoded:
         with torch.inference_mode():
             hs, tok = self.transformer(points)
             iou = self.model.mask_decoder.iou_prediction_head(hs[:, 0])[:, 1:]

@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -28,8 +28,17 @@ import torch.nn.functional as F
 
 from .decoders import PointDecoder, make_point_decoder
 from .point_grids import cell_centre_grid, second_round_points
-from .postprocess import (MASK_THRESHOLD, box_nms, box_xyxy_to_xywh, decode_rle, encode_rle_transposed,
-                          masks_to_boxes, remove_small_regions, rle_to_json, rows_cols_to_boxes)
+from .postprocess import (
+    MASK_THRESHOLD,
+    box_nms,
+    box_xyxy_to_xywh,
+    decode_rle,
+    encode_rle,
+    encode_rle_transposed,
+    masks_to_boxes,
+    remove_small_regions,
+    rows_cols_to_boxes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +112,7 @@ class MaskCandidates:
     rles: list  # K COCO RLE dicts
 
     @classmethod
-    def empty(cls) -> "MaskCandidates":
+    def empty(cls) -> MaskCandidates:
         return cls(np.zeros((0, 2)), np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 4), np.int64),
                    np.zeros(0, np.int64), [])
 
@@ -111,7 +120,7 @@ class MaskCandidates:
         return len(self.rles)
 
     @classmethod
-    def concat(cls, parts: list["MaskCandidates"]) -> "MaskCandidates":
+    def concat(cls, parts: list[MaskCandidates]) -> MaskCandidates:
         parts = [p for p in parts if len(p)]
         if not parts:
             return cls.empty()
@@ -119,7 +128,7 @@ class MaskCandidates:
                    np.concatenate([p.stability_score for p in parts]), np.concatenate([p.boxes for p in parts]),
                    np.concatenate([p.areas for p in parts]), [r for p in parts for r in p.rles])
 
-    def take(self, idx: np.ndarray) -> "MaskCandidates":
+    def take(self, idx: np.ndarray) -> MaskCandidates:
         idx = np.asarray(idx, dtype=np.int64)
         return MaskCandidates(self.points[idx], self.predicted_iou[idx], self.stability_score[idx], self.boxes[idx],
                               self.areas[idx], [self.rles[i] for i in idx])
@@ -150,7 +159,7 @@ class _Run:
     """One segment-everything run on one image embedding."""
 
     def __init__(self, decoder: PointDecoder, geometry: _Geometry, params: EverythingParams,
-                 progress: Optional[ProgressFn]) -> None:
+                 progress: ProgressFn | None) -> None:
         self.decoder = decoder
         self.geometry = geometry
         self.params = params
@@ -160,7 +169,7 @@ class _Run:
         self.timings = {"decode_s": 0.0, "filter_s": 0.0}
 
     # ------------------------------------------------------------------ rounds
-    def masks_for_points(self, grid: np.ndarray, need_high: bool) -> tuple[MaskCandidates, Optional[np.ndarray]]:
+    def masks_for_points(self, grid: np.ndarray, need_high: bool) -> tuple[MaskCandidates, np.ndarray | None]:
         """Decode normalised points in batches, filter their masks; with `need_high` also the high map."""
         h, w = self.geometry.original_size
         points = grid * np.array([w, h])[None, :]
@@ -204,7 +213,7 @@ class _Run:
             x = F.interpolate(x, (g.original_size[1], g.original_size[0]), mode="bilinear", align_corners=False)
         return x[:, 0].contiguous().numpy()
 
-    def filter_masks(self, decoded, points: np.ndarray, high: Optional[np.ndarray]) -> MaskCandidates:
+    def filter_masks(self, decoded, points: np.ndarray, high: np.ndarray | None) -> MaskCandidates:
         p = self.params
         iou = decoded.iou.reshape(-1)
         flat = np.arange(iou.shape[0])
@@ -280,9 +289,7 @@ def remove_small_regions_and_duplicates(cands: MaskCandidates, min_area: int, nm
     out = cands.take(np.arange(len(cands)))
     for i in keep:
         if scores[i] == 0.0:
-            from pycocotools import mask as mask_utils
-
-            out.rles[i] = rle_to_json(mask_utils.encode(np.asfortranarray(stacked[i].astype(np.uint8))))
+            out.rles[i] = encode_rle(stacked[i][None])[0]
             out.boxes[i] = boxes[i]
             out.areas[i] = int(stacked[i].sum())
     return out.take(keep)
@@ -292,7 +299,7 @@ def _geometry_of(emb, image_size: int) -> _Geometry:
     return _Geometry(int(image_size), tuple(int(v) for v in emb.input_size), tuple(int(v) for v in emb.original_size))
 
 
-def run_everything(predictor, image, params: EverythingParams, progress: Optional[ProgressFn] = None
+def run_everything(predictor, image, params: EverythingParams, progress: ProgressFn | None = None
                    ) -> EverythingResult:
     """Segment everything in `image` (anything `Predictor.embed` takes, or an `ImageEmbedding`)."""
     from ..predictor import ImageEmbedding
@@ -334,7 +341,7 @@ def segment_everything(predictor, image, *, mode: str = "hierarchical", points_p
                        pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
                        high_score_thresh: float = 8.5, box_nms_thresh: float = 0.7, min_mask_region_area: int = 0,
                        points_per_batch: int = 64, stability_score_offset: float = 1.0, decoder: str = "auto",
-                       progress: Optional[ProgressFn] = None) -> list[dict]:
+                       progress: ProgressFn | None = None) -> list[dict]:
     """Masks of everything in an image, one record per mask.
 
     predictor: a `Predictor`; image: anything `Predictor.embed` accepts, or an `ImageEmbedding` already

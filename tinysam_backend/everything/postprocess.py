@@ -13,6 +13,8 @@ implementation (SAM's automatic mask generator, which TinySAM reuses):
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 MASK_THRESHOLD = 0.0
@@ -34,7 +36,6 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 3:
         raise ValueError(f"masks must be (K, H, W), got shape {masks.shape}")
-    k, h, w = masks.shape
     rows = masks.any(axis=2)  # (K, H)
     cols = masks.any(axis=1)  # (K, W)
     return rows_cols_to_boxes(rows, cols)
@@ -42,8 +43,7 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
 
 def rows_cols_to_boxes(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Boxes from per-mask row occupancy (K, H) and column occupancy (K, W) bool arrays."""
-    k, h = rows.shape
-    w = cols.shape[1]
+    h, w = rows.shape[1], cols.shape[1]
     top = rows.argmax(axis=1)
     bottom = h - 1 - rows[:, ::-1].argmax(axis=1)
     left = cols.argmax(axis=1)
@@ -148,7 +148,9 @@ def decode_rle(rle: dict) -> np.ndarray:
 
     counts = rle["counts"]
     obj = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(obj).astype(bool)
+    with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode([obj])[:, :, 0].astype(bool)
 
 
 def remove_small_regions(mask: np.ndarray, area_thresh: int, mode: str) -> tuple[np.ndarray, bool]:
