@@ -89,6 +89,7 @@ class Served:
         self.proc = proc
         self.url = url
         self.log = log
+        self.initial_workers: list[int] = []
 
     def worker_pids(self) -> list[int]:
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True,
