@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import PromptError
-from ..predictor import ImageEmbedding, Predictor
+from ..predictor import MASK_THRESHOLD, ImageEmbedding, Predictor
+from ..transforms import upscale_logits
 from .cache import SingleFlightCache
 from .images import ImageFetcher, ImageLocation
 from .label_config import LabelConfig, LabelConfigError, parse_label_config
@@ -121,10 +123,15 @@ class SegmentationBackend:
         mask_input = None
         if previous is not None:
             mask_input = self.refine_logits.get((str(task_key), image_key, previous))
-        masks, scores, low_res = self.predictor.predict(emb, coords, labels, box=box, mask_input=mask_input)
-        best = int(np.argmax(scores))
-        self.refine_logits.put((str(task_key), image_key, prompt.history), low_res[best][None].copy())
-        return masks[best], float(scores[best])
+        # The three low-res masks, then only the best one upscaled to the image (what `predict` would give for it).
+        _, scores, low_res = self.predictor.predict_batch(
+            emb, None if coords is None else coords[None], None if labels is None else labels[None],
+            None if box is None else box[None], None if mask_input is None else mask_input[None], return_masks=False)
+        best = int(np.argmax(scores[0]))
+        logits = torch.from_numpy(low_res[:, best:best + 1])
+        mask = upscale_logits(logits, self.predictor.image_size, emb.input_size, emb.original_size)[0, 0]
+        self.refine_logits.put((str(task_key), image_key, prompt.history), low_res[0, best][None].copy())
+        return (mask > MASK_THRESHOLD).numpy(), float(scores[0, best])
 
     def pre_annotate(self, task: dict, config: LabelConfig) -> dict:
         """Everything mode on every Image of the task that has a brush tag: one brush region per mask."""
