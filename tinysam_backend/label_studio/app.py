@@ -152,8 +152,7 @@ def create_app(settings: Settings | None = None, ls_settings: LabelStudioSetting
 
     @app.before_request
     def _guard() -> Response | None:
-        if request.path not in OPEN_PATHS:
-            slot.start_loading()
+        slot.start_loading()  # no-op once started; covers WSGI servers without gunicorn's post_worker_init
         if basic_auth is None or request.path in OPEN_PATHS:
             return None
         if not _basic_auth_ok(request.headers.get("Authorization", ""), basic_auth):
