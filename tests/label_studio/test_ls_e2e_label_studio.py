@@ -53,8 +53,9 @@ def label_studio(tmp_path_factory):
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
         # Needed for a backend on 127.0.0.1 (connecting it also creates a webhook, checked against SSRF rules).
         "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false", "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
-        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true", "LATEST_VERSION_CHECK": "false",
-        "COLLECT_ANALYTICS": "false",
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        # No traffic off this machine: no PyPI version check, no analytics, no Sentry reports.
+        "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
     })
     log = data / "label-studio.log"
     with log.open("w") as handle:
