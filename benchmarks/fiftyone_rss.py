@@ -15,6 +15,7 @@ import argparse
 import gc
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,8 @@ def measure(fo, paths, predictor, label: str, output_dir, params, marks) -> dict
     from tinysam_backend.fiftyone_adapter import auto_mask
 
     proc = psutil.Process()
-    ds = fo.Dataset(f"tinysam-rss-{label.replace(' ', '-')}", persistent=True, overwrite=True)
+    # persistent and uniquely named: another process attached to the same database service cannot clean it up
+    ds = fo.Dataset(f"tinysam-rss-{uuid.uuid4().hex[:10]}", persistent=True)
     ds.add_samples([fo.Sample(filepath=p) for p in paths])
     gc.collect()
     rss = {0: proc.memory_info().rss}
@@ -72,11 +74,13 @@ def measure(fo, paths, predictor, label: str, output_dir, params, marks) -> dict
         if done in marks or done == total:
             rss[done] = proc.memory_info().rss
 
-    t0 = time.perf_counter()
-    summary = auto_mask(ds, "auto", predictor=predictor, output_dir=output_dir, progress=progress, **params)
-    seconds = time.perf_counter() - t0
-    doc_bytes = ds.stats()["samples_bytes"]
-    ds.delete()
+    try:
+        t0 = time.perf_counter()
+        summary = auto_mask(ds, "auto", predictor=predictor, output_dir=output_dir, progress=progress, **params)
+        seconds = time.perf_counter() - t0
+        doc_bytes = ds.stats()["samples_bytes"]
+    finally:
+        ds.delete()
     return {"label": label, "rss": rss, "masks": summary["masks"], "seconds": seconds, "doc_bytes": doc_bytes}
 
 

@@ -1,5 +1,9 @@
-"""Real FiftyOne with its embedded MongoDB, in a throw-away database directory, with this checkout as the
-plugins directory (the way the README tells users to install the plugin).
+"""Real FiftyOne with its embedded MongoDB, with this checkout as the plugins directory (the way the README
+tells users to install the plugin).
+
+FiftyOne attaches to any database service already running for the same user, whatever its database
+directory: the throw-away directory set here is used only when no other FiftyOne process is running. So the
+tests name their datasets uniquely, delete only those, and run only their own delegated operations.
 
 A small persistent dataset is built from scikit-image's bundled images (no download): coins, with ground
 truth from Otsu thresholding, and a synthetic image of shapes whose ground truth is exact.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +45,7 @@ def fo(tmp_path_factory):
     fiftyone.config.plugins_dir = str(REPO)
     fiftyone.config.do_not_track = True
     fiftyone.config.database_validation = False  # mongod 6.0 is the oldest supported major: it warns
-    yield fiftyone
-    for name in fiftyone.list_datasets():
-        fiftyone.delete_dataset(name)
+    return fiftyone
 
 
 def _coins_image_and_gt():
@@ -95,9 +98,7 @@ def dataset(fo, image_dir, request):
     from tinysam_backend.fiftyone_adapter import mask_to_box_and_crop
 
     _, items = image_dir
-    name = f"tinysam-{request.node.name}"[:100]
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
+    name = f"tinysam-test-{uuid.uuid4().hex[:10]}-{request.node.name}"[:100]
     ds = fo.Dataset(name, persistent=True)
     samples = []
     for path, gt, labels in items:
@@ -111,7 +112,11 @@ def dataset(fo, image_dir, request):
     ds.add_samples(samples)
     ds.compute_metadata()
     yield ds
-    fo.delete_dataset(name)
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    DelegatedOperationService().delete_for_dataset(ds._doc.id)
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,8 @@ def _run(fo, uri, dataset, params, *, view=None, delegate=False):
     op_id = result.result["id"]
     service = DelegatedOperationService()
     assert service.get(op_id).run_state == "queued"
-    service.execute_queued_operations(limit=10, log=True)  # what `fiftyone delegated launch` loops over
+    # what `fiftyone delegated launch` loops over; restricted to this dataset, as the database may be shared
+    service.execute_queued_operations(dataset_name=dataset.name, limit=10, log=True)
     op = service.get(op_id)
     assert op.run_state == "completed", op.result.error if op.result else op
     return op
