@@ -103,8 +103,8 @@ def main() -> None:
     paths = make_images(work / "images", args.images, args.size)
     predictor = build_predictor(args.checkpoint)
     # Permissive thresholds: random weights give low predicted IoUs; every image must yield masks.
-    params = dict(points_per_side=args.points_per_side, pred_iou_thresh=-1.0, stability_score_thresh=0.0,
-                  high_score_thresh=0.0, box_nms_thresh=1.0, points_per_batch=64)
+    params = {"points_per_side": args.points_per_side, "pred_iou_thresh": -1.0, "stability_score_thresh": 0.0,
+                  "high_score_thresh": 0.0, "box_nms_thresh": 1.0, "points_per_batch": 64}
     n = args.images
     marks = sorted({1, args.warmup, n // 4, n // 2, 3 * n // 4, n} - {0})
     runs = [measure(fo, paths, predictor, "masks in documents", None, params, marks),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 import fiftyone.operators as foo
-import fiftyone.operators.types as types
+from fiftyone.operators import types
 from fiftyone.operators.executor import ExecutionOptions
 
 from tinysam_backend import fiftyone_adapter

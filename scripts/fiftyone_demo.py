@@ -51,8 +51,13 @@ def main() -> None:
     from PIL import Image
 
     from tinysam_backend import Predictor, load_model
-    from tinysam_backend.fiftyone_adapter import (auto_mask, evaluate_masks, mask_from_boxes, mask_to_box_and_crop,
-                                                  preview_sample)
+    from tinysam_backend.fiftyone_adapter import (
+        auto_mask,
+        evaluate_masks,
+        mask_from_boxes,
+        mask_to_box_and_crop,
+        preview_sample,
+    )
 
     image, masks = coins_with_ground_truth()
     image_dir = Path(args.image_dir).resolve()
@@ -73,9 +78,9 @@ def main() -> None:
     ds.compute_metadata()
 
     predictor = Predictor(load_model(args.checkpoint))
-    everything = dict(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
-                      stability_score_thresh=args.stability_score_thresh, high_score_thresh=args.high_score_thresh,
-                      box_nms_thresh=args.box_nms_thresh)
+    everything = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
+                      "stability_score_thresh": args.stability_score_thresh, "high_score_thresh": args.high_score_thresh,
+                      "box_nms_thresh": args.box_nms_thresh}
     report = {"auto_mask": auto_mask(ds, "auto", predictor=predictor, **everything),
               "mask_from_boxes": mask_from_boxes(ds, "boxes", "box_masks", predictor=predictor)}
     report["evaluate auto"] = evaluate_masks(ds, "auto", "ground_truth", "eval_auto")

@@ -15,8 +15,8 @@ import io
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def segment_detections(predictor, image, detections: Sequence[dict], *,
             for det, mask, score in zip(detections, masks, scores)]
 
 
-def mask_ap(coco_gt, results: list[dict], image_ids: Optional[Sequence[int]] = None) -> dict:
+def mask_ap(coco_gt, results: list[dict], image_ids: Sequence[int] | None = None) -> dict:
     """COCOeval "segm" of results against a pycocotools COCO ground truth → {stat name: value}.
 
     Stats are COCO's twelve (AP over IoU 0.50:0.95, AP50, AP75, by size, AR…); -1 where COCO has nothing to
@@ -99,7 +99,7 @@ def mask_ap(coco_gt, results: list[dict], image_ids: Optional[Sequence[int]] = N
     return {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
 
 
-def evaluate_coco(images_dir, annotations, boxes, *, checkpoint=None, predictor=None, max_images: Optional[int] = None,
+def evaluate_coco(images_dir, annotations, boxes, *, checkpoint=None, predictor=None, max_images: int | None = None,
                   min_score: float = 0.0, boxes_per_batch: int = DEFAULT_BOXES_PER_BATCH,
                   results_out=None, show_progress: bool = True) -> dict:
     """Run the protocol over a COCO-format set: returns {"stats": {...}, "images": n, "detections": n}.

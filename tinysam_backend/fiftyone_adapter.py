@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -72,10 +72,10 @@ def relative_box_to_pixels(box: Sequence[float], image_size: tuple[int, int]) ->
         raise ValueError(f"box must be [x, y, w, h], got {box!r}")
     h, w = image_size
     x, y, bw, bh = (float(v) for v in box)
-    x0 = min(max(int(round(x * w)), 0), w)
-    y0 = min(max(int(round(y * h)), 0), h)
-    x1 = min(max(int(round((x + bw) * w)), x0), w)
-    y1 = min(max(int(round((y + bh) * h)), y0), h)
+    x0 = min(max(round(x * w), 0), w)
+    y0 = min(max(round(y * h), 0), h)
+    x1 = min(max(round((x + bw) * w), x0), w)
+    y1 = min(max(round((y + bh) * h), y0), h)
     return x0, y0, x1, y1
 
 
@@ -138,7 +138,7 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def mean_best_match_iou(gt_masks: Sequence[np.ndarray], pred_masks: Sequence[np.ndarray]) -> Optional[float]:
+def mean_best_match_iou(gt_masks: Sequence[np.ndarray], pred_masks: Sequence[np.ndarray]) -> float | None:
     """Mean over ground-truth instances of the best mask IoU any prediction reaches (0 where none overlaps).
 
     None when there is no ground truth (the mean is undefined). Masks are H×W bool, all of one size.
@@ -200,7 +200,7 @@ def masks_for_boxes(predictor, emb, boxes_xyxy: np.ndarray, boxes_per_batch: int
 
 
 # ------------------------------------------------------------------------------------- FiftyOne labels
-def everything_record_to_detection(record: dict, image_size: tuple[int, int], mask_path: Optional[Path] = None):
+def everything_record_to_detection(record: dict, image_size: tuple[int, int], mask_path: Path | None = None):
     """One `segment_everything` record → `fo.Detection` (None for an empty mask).
 
     `confidence` is the predicted IoU; `stability_score` and `area` are attributes. With `mask_path` the
@@ -214,8 +214,8 @@ def everything_record_to_detection(record: dict, image_size: tuple[int, int], ma
     if not mask.any():
         return None
     box, crop = mask_to_box_and_crop(mask)
-    attrs = dict(confidence=float(record["predicted_iou"]), stability_score=float(record["stability_score"]),
-                 area=int(record.get("area", int(mask.sum()))))
+    attrs = {"confidence": float(record["predicted_iou"]), "stability_score": float(record["stability_score"]),
+                 "area": int(record.get("area", int(mask.sum())))}
     if mask_path is None:
         return fo.Detection(bounding_box=box, mask=crop, **attrs)
     _write_mask_png(crop, mask_path)
@@ -257,7 +257,7 @@ def _make_predictor(checkpoint, predictor):
     return Predictor(load_model(checkpoint))
 
 
-def _drain(steps: Iterator[tuple[int, int]], progress: Optional[ProgressFn]) -> dict:
+def _drain(steps: Iterator[tuple[int, int]], progress: ProgressFn | None) -> dict:
     """Run an iter_* generator to its end, forwarding progress; return the summary it returns."""
     while True:
         try:
@@ -336,7 +336,7 @@ def iter_auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hier
 
 
 def auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hierarchical", output_dir=None,
-              overwrite: bool = False, predictor=None, progress: Optional[ProgressFn] = None,
+              overwrite: bool = False, predictor=None, progress: ProgressFn | None = None,
               **everything_params) -> dict:
     """Segment everything in every sample of `view` into the `Detections` field `label_field`.
 
@@ -415,7 +415,7 @@ def _box_prompt_detection(fo, prompt, mask: np.ndarray, score: float, size: tupl
 
 
 def mask_from_boxes(view, box_field: str, label_field: str, *, checkpoint=None, predictor=None,
-                    boxes_per_batch: int = DEFAULT_BOXES_PER_BATCH, progress: Optional[ProgressFn] = None) -> dict:
+                    boxes_per_batch: int = DEFAULT_BOXES_PER_BATCH, progress: ProgressFn | None = None) -> dict:
     """Box prompts from the `Detections` field `box_field` → instance masks in `label_field`.
 
     For each box the best of TinySAM's three masks by predicted IoU is kept (the paper's zero-shot
@@ -434,7 +434,7 @@ def mean_best_iou_field(eval_key: str) -> str:
 
 
 def evaluate_masks(view, pred_field: str, gt_field: str, eval_key: str, *, compute_mAP: bool = False,
-                   progress: Optional[ProgressFn] = None) -> dict:
+                   progress: ProgressFn | None = None) -> dict:
     """Compare the instance masks of `pred_field` with those of `gt_field`.
 
     Runs FiftyOne's COCO-style `evaluate_detections(..., use_masks=True)` under `eval_key` (classwise only
@@ -500,7 +500,7 @@ def evaluate_masks(view, pred_field: str, gt_field: str, eval_key: str, *, compu
 def _require_masks(view, field: str) -> None:
     from fiftyone import ViewField as F
 
-    with_mask = (F("mask") != None) | (F("mask_path") != None)  # noqa: E711  (MongoDB expressions)
+    with_mask = (F("mask") != None) | (F("mask_path") != None)
     missing = view.count(f"{field}.detections") - view.filter_labels(
         field, with_mask, only_matches=False).count(f"{field}.detections")
     if missing:
@@ -535,7 +535,7 @@ def render_preview(image: np.ndarray, pred_masks: Sequence[np.ndarray], gt_masks
     return canvas
 
 
-def preview_sample(sample, pred_field: str, gt_field: Optional[str] = None):
+def preview_sample(sample, pred_field: str, gt_field: str | None = None):
     """A FiftyOne sample → `render_preview` of its `pred_field` masks and (optionally) `gt_field` masks."""
     from .image_io import load_image
 
@@ -582,9 +582,24 @@ def register_cli(subparsers) -> None:
 
 
 __all__ = [
-    "auto_mask", "mask_from_boxes", "evaluate_masks", "iter_auto_mask", "iter_mask_from_boxes",
-    "mask_to_box_and_crop", "box_and_crop_to_mask", "relative_box_to_pixels", "relative_box_to_xyxy",
-    "rle_to_mask", "mask_to_rle", "mean_best_match_iou", "best_of_three", "masks_for_boxes",
+    "auto_mask",
+    "best_of_three",
+    "box_and_crop_to_mask",
+    "detection_to_mask",
+    "evaluate_masks",
     "everything_record_to_detection",
-    "detection_to_mask", "render_preview", "preview_sample", "mean_best_iou_field", "register_cli",
+    "iter_auto_mask",
+    "iter_mask_from_boxes",
+    "mask_from_boxes",
+    "mask_to_box_and_crop",
+    "mask_to_rle",
+    "masks_for_boxes",
+    "mean_best_iou_field",
+    "mean_best_match_iou",
+    "preview_sample",
+    "register_cli",
+    "relative_box_to_pixels",
+    "relative_box_to_xyxy",
+    "render_preview",
+    "rle_to_mask",
 ]

@@ -7,9 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinysam_backend.fiftyone_adapter import (best_of_three, box_and_crop_to_mask, mask_to_box_and_crop,
-                                              mask_to_rle, mean_best_match_iou, relative_box_to_pixels,
-                                              relative_box_to_xyxy, render_preview, rle_to_mask)
+from tinysam_backend.fiftyone_adapter import (
+    best_of_three,
+    box_and_crop_to_mask,
+    mask_to_box_and_crop,
+    mask_to_rle,
+    mean_best_match_iou,
+    relative_box_to_pixels,
+    relative_box_to_xyxy,
+    render_preview,
+    rle_to_mask,
+)
 
 
 def _mask(h, w, y0, y1, x0, x1):

@@ -10,8 +10,8 @@ import pytest
 
 PLUGIN = "@tinysam/tinysam"
 # Random-weight parity model: masks are noise, so the filters must let them through (see the parity manifest).
-EVERYTHING_TEST_PARAMS = dict(points_per_side=4, pred_iou_thresh=0.06, stability_score_thresh=0.0,
-                              high_score_thresh=0.12, box_nms_thresh=1.0, points_per_batch=16)
+EVERYTHING_TEST_PARAMS = {"points_per_side": 4, "pred_iou_thresh": 0.06, "stability_score_thresh": 0.0,
+                              "high_score_thresh": 0.12, "box_nms_thresh": 1.0, "points_per_batch": 16}
 
 
 def _run(fo, uri, dataset, params, *, view=None, delegate=False):
@@ -97,8 +97,8 @@ def test_auto_mask_immediate_writes_masks_resumes_and_evaluates(fo, dataset, che
             assert ids == first_ids[sample.id]
 
     # auto_mask's masks carry no labels: evaluated class-agnostically, the GT labels stay as they were.
-    result = _run(fo, "evaluate_masks", dataset, dict(pred_field="auto", gt_field="ground_truth",
-                                                      eval_key="autoeval"))
+    result = _run(fo, "evaluate_masks", dataset, {"pred_field": "auto", "gt_field": "ground_truth",
+                                                      "eval_key": "autoeval"})
     summary = result.result
     assert summary["classwise"] is False and summary["mAP"] is None
     dataset.reload()
@@ -132,7 +132,7 @@ def test_auto_mask_delegated_on_disk(fo, dataset, checkpoint, mask_dir):
 
 @pytest.mark.parametrize("delegate", [False, True], ids=["immediate", "delegated"])
 def test_mask_from_boxes(fo, dataset, checkpoint, delegate):
-    params = dict(box_field="boxes", label_field="box_masks", checkpoint=checkpoint, boxes_per_batch=4)
+    params = {"box_field": "boxes", "label_field": "box_masks", "checkpoint": checkpoint, "boxes_per_batch": 4}
     view = dataset.limit(1) if delegate else dataset.view()  # delegated: the queued view is honoured
     result = _run(fo, "mask_from_boxes", dataset, params, view=view, delegate=delegate)
     if not delegate:
@@ -157,7 +157,7 @@ def test_evaluate_masks_against_itself_is_perfect(fo, dataset, delegate):
         for k, d in enumerate(sample.gt_copy.detections):
             d.confidence = 1.0 - 0.01 * k
         sample.save()
-    params = dict(pred_field="gt_copy", gt_field="ground_truth", eval_key="selfeval", compute_mAP=True)
+    params = {"pred_field": "gt_copy", "gt_field": "ground_truth", "eval_key": "selfeval", "compute_mAP": True}
     result = _run(fo, "evaluate_masks", dataset, params, delegate=delegate)
     summary = result.result.result if delegate else result.result  # delegated: the operation's stored result
     n_gt = dataset.count("ground_truth.detections")
