@@ -52,8 +52,8 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _case_prompts(z) -> dict:
-    return dict(point_coords=z.get("prompt_point_coords"), point_labels=z.get("prompt_point_labels"),
-                box=z.get("prompt_box"), mask_input=z.get("prompt_mask_input"))
+    return {"point_coords": z.get("prompt_point_coords"), "point_labels": z.get("prompt_point_labels"),
+            "box": z.get("prompt_box"), "mask_input": z.get("prompt_mask_input")}
 
 
 def _images(manifest: dict) -> dict:

@@ -16,8 +16,8 @@ CASES = ("point", "points_pos_neg", "box", "box_point", "refine_with_mask_input"
 
 
 def _case_prompts(z) -> dict:
-    return dict(point_coords=z.get("prompt_point_coords"), point_labels=z.get("prompt_point_labels"),
-                box=z.get("prompt_box"), mask_input=z.get("prompt_mask_input"))
+    return {"point_coords": z.get("prompt_point_coords"), "point_labels": z.get("prompt_point_labels"),
+            "box": z.get("prompt_box"), "mask_input": z.get("prompt_mask_input")}
 
 
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -65,6 +65,19 @@ def test_fake_quant_is_symmetric_int8():
     w = torch.tensor([[1.0, -2.0], [0.5, 0.25]])
     wq = fake_quant_weight(w, torch.tensor([2.0 / 127, 0.5 / 127]), axis=0)
     assert wq.abs().amax(1).tolist() == pytest.approx([2.0, 0.5])
+
+
+def test_grid_search_finds_grid_optimum_scalar_and_grouped():
+    from tinysam_backend.quantization.calibrate import CalibrationConfig, _ratios, grid_search
+
+    grid = _ratios(CalibrationConfig())
+    assert 1.0 in grid.tolist() and grid.min() == pytest.approx(0.01) and grid.max() == pytest.approx(1.2)
+    target = torch.tensor([0.05, 0.537, 1.0, 1.19])
+    best = grid_search(lambda a: (a - target).abs(), grid, groups=4)
+    expected = grid[(grid[None, :] - target[:, None]).abs().argmin(1)]
+    assert torch.equal(best, expected)
+    assert float(grid_search(lambda a: (a - 0.3).square(), grid)) == pytest.approx(float(expected[0] * 0 + grid[
+        (grid - 0.3).abs().argmin()]))
 
 
 def test_load_quantized_refuses_directory_without_metadata(tmp_path):

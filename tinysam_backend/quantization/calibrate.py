@@ -34,9 +34,9 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -279,7 +279,7 @@ class _Recorder:
             return m.out_proj(o.transpose(1, 2).reshape(b, n, h * c))
         return attend
 
-    def __enter__(self) -> "_Recorder":
+    def __enter__(self):
         for pt in self.points:
             m = pt.module
             if pt.kind in ("conv", "conv_transpose"):
@@ -443,19 +443,19 @@ def _search_layer(pt: QuantPoint, cfg: CalibrationConfig) -> tuple[PointScales, 
     err0 = None
     for _ in range(cfg.rounds):
         wq = fake_quant_weight(w, s_w, axis)
-        s_x = grid_search(lambda a: _weighted_error(f(fake_quant(X, a * x_max / INT8_MAX), wq), O, H, None),
+        s_x = grid_search(lambda a: _weighted_error(f(fake_quant(X, a * x_max / INT8_MAX), wq), O, H, None),  # noqa: B023
                           ratios) * x_max / INT8_MAX
         xq = fake_quant(X, s_x)
         if per_channel:
-            s_w = grid_search(lambda a: _weighted_error(f(xq, fake_quant_weight(w, a * w_max / INT8_MAX, axis)),
+            s_w = grid_search(lambda a: _weighted_error(f(xq, fake_quant_weight(w, a * w_max / INT8_MAX, axis)),  # noqa: B023
                                                         O, H, ch_dims), ratios, len(w_max)) * w_max / INT8_MAX
         else:
-            s_w = grid_search(lambda a: _weighted_error(f(xq, fake_quant_weight(w, a * w_max / INT8_MAX, None)),
+            s_w = grid_search(lambda a: _weighted_error(f(xq, fake_quant_weight(w, a * w_max / INT8_MAX, None)),  # noqa: B023
                                                         O, H, None), ratios) * w_max / INT8_MAX
         if has_out:
             y = f(xq, fake_quant_weight(w, s_w, axis))
             o_max = max(pt.o_max, 1e-8)
-            s_o = grid_search(lambda a: _weighted_error(fake_quant(y, a * o_max / INT8_MAX), O, H, None),
+            s_o = grid_search(lambda a: _weighted_error(fake_quant(y, a * o_max / INT8_MAX), O, H, None),  # noqa: B023
                               ratios) * o_max / INT8_MAX
     y = f(fake_quant(X, s_x), fake_quant_weight(w, s_w, axis))
     if has_out:

@@ -16,8 +16,13 @@ logger = logging.getLogger(__name__)
 def cmd_quantize(args: argparse.Namespace, settings) -> int:
     from ..checkpoint import load_model
     from ..image_io import load_image
-    from .calibrate import (DEFAULT_CALIBRATION_IMAGES, CalibrationConfig, calibration_image_paths,
-                            default_calibration_images, quantize_model)
+    from .calibrate import (
+        DEFAULT_CALIBRATION_IMAGES,
+        CalibrationConfig,
+        calibration_image_paths,
+        default_calibration_images,
+        quantize_model,
+    )
 
     sam = load_model(args.checkpoint, settings=settings)
     if not hasattr(sam, "image_encoder"):

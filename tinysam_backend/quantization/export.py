@@ -28,8 +28,8 @@ from torch import nn
 
 from ..modeling.image_encoder_tinyvit import WindowAttention
 from ..modeling.sam import Sam
-from .runtime import FORMAT_VERSION, METADATA_FILE
 from .prompts import prompt_to_points  # noqa: F401  (re-exported: the graph's prompt layout)
+from .runtime import FORMAT_VERSION, METADATA_FILE
 
 logger = logging.getLogger(__name__)
 

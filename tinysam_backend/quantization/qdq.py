@@ -59,7 +59,7 @@ class PointScales:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "PointScales":
+    def from_json(cls, d: dict) -> PointScales:
         def arr(key):
             return None if key not in d else np.asarray(d[key], np.float32)
         extra = {k: np.asarray(v, np.float32) for k, v in d.items() if k not in ("kind", "input", "weight", "output")}

@@ -39,7 +39,7 @@ class ArtifactInfo:
     mask_input_size: int = 256
 
     @classmethod
-    def read(cls, directory: Path) -> tuple["ArtifactInfo", dict]:
+    def read(cls, directory: Path) -> tuple[ArtifactInfo, dict]:
         path = directory / METADATA_FILE
         try:
             meta = json.loads(path.read_text())
@@ -92,7 +92,6 @@ class OnnxSam:
     """
 
     def __init__(self, directory: str | Path, intra_op_threads: int = 0) -> None:
-        import onnxruntime as ort
 
         self.directory = Path(directory)
         self.info, self.metadata = ArtifactInfo.read(self.directory)
@@ -113,7 +112,7 @@ class OnnxSam:
     def precision(self) -> str:
         return self.info.precision
 
-    def eval(self) -> "OnnxSam":
+    def eval(self) -> OnnxSam:
         return self
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
