@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 PLUGIN = "@tinysam/tinysam"
+REPO = Path(__file__).resolve().parents[2]
 # Random-weight parity model: masks are noise, so the filters must let them through (see the parity manifest).
 EVERYTHING_TEST_PARAMS = {"points_per_side": 4, "pred_iou_thresh": 0.06, "stability_score_thresh": 0.0,
                               "high_score_thresh": 0.12, "box_nms_thresh": 1.0, "points_per_batch": 16}
@@ -194,3 +195,40 @@ def test_auto_mask_library_skips_unreadable_images_and_checks_params_first(fo, t
     assert seen == [(0, 2), (1, 2), (2, 2)]
     assert ds.count("auto") == 1 and ds[bad_id]["auto"] is None
     ds.delete()
+
+
+def test_plugins_download_finds_the_plugin_in_a_repository_archive(fo, tmp_path):
+    """`fiftyone plugins download URL --plugin-names @tinysam/tinysam` on an archive of the repository
+    (served from loopback, as a GitHub archive would be: one top folder)."""
+    import functools
+    import http.server
+    import threading
+    import zipfile
+
+    import fiftyone.plugins as fop
+
+    archive = tmp_path / "serve" / "tinysam-backend-main.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in [REPO / "README.md", *sorted((REPO / "fiftyone_plugin").glob("*.*"))]:
+            if path.is_file():
+                zf.write(path, f"tinysam-backend-main/{path.relative_to(REPO)}")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    old_dir = fo.config.plugins_dir
+    fo.config.plugins_dir = str(tmp_path / "plugins")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{archive.name}"
+        fop.download_plugin(url, plugin_names=[PLUGIN])
+        plugins = {p.name: p for p in fop.list_plugins()}
+        assert PLUGIN in plugins
+        directory = Path(plugins[PLUGIN].directory)
+        assert directory.is_relative_to(tmp_path / "plugins")
+        assert (directory / "__init__.py").read_text() == (REPO / "fiftyone_plugin" / "__init__.py").read_text()
+        assert set(plugins[PLUGIN].operators) == {"auto_mask", "mask_from_boxes", "evaluate_masks"}
+    finally:
+        fo.config.plugins_dir = old_dir
+        server.shutdown()
+        server.server_close()
