@@ -11,7 +11,7 @@ python -m pip install -q --upgrade pip
 # torch first and pinned: 2.13.0 is the CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[quant,labelstudio,dev]"
-for part in .ci/fiftyone.sh .ci/label_studio.sh; do
+for part in .ci/quantization.sh .ci/fiftyone.sh .ci/label_studio.sh; do
   if [ -f "$part" ]; then bash "$part"; fi
 done
 echo "installed: $(python -c 'import torch, tinysam_backend; print("torch", torch.__version__, "tinysam-backend", tinysam_backend.__version__)')"
