@@ -75,7 +75,7 @@ class EverythingParams:
     high_score_thresh: float = 8.5
     box_nms_thresh: float = 0.7
     min_mask_region_area: int = 0
-    points_per_batch: int = 64
+    points_per_batch: int = 16
     decoder: str = "auto"
 
     def __post_init__(self) -> None:
@@ -340,7 +340,7 @@ def run_everything(predictor, image, params: EverythingParams, progress: Progres
 def segment_everything(predictor, image, *, mode: str = "hierarchical", points_per_side: int = 32,
                        pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
                        high_score_thresh: float = 8.5, box_nms_thresh: float = 0.7, min_mask_region_area: int = 0,
-                       points_per_batch: int = 64, stability_score_offset: float = 1.0, decoder: str = "auto",
+                       points_per_batch: int = 16, stability_score_offset: float = 1.0, decoder: str = "auto",
                        progress: ProgressFn | None = None) -> list[dict]:
     """Masks of everything in an image, one record per mask.
 
