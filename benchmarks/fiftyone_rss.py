@@ -1,8 +1,8 @@
 """Memory while `auto_mask` runs over a FiftyOne dataset: resident set size (RSS) per sample, growth printed.
 
 Masks kept in the documents and masks written to disk (`output_dir`) are measured side by side in one run,
-each on its own dataset of N distinct small images (crops of scikit-image's bundled photos), in a private
-FiftyOne database. The model defaults to the tiny random test variant (fast; the adapter's memory is what
+each on its own dataset of N distinct small images (crops of scikit-image's bundled photos), in FiftyOne's
+configured database (uniquely named datasets, deleted afterwards). The model defaults to the tiny random test variant (fast; the adapter's memory is what
 is measured); `--checkpoint` runs a real one.
 
     python benchmarks/fiftyone_rss.py --images 200
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import shutil
 import tempfile
 import time
 import uuid
@@ -96,7 +97,6 @@ def main() -> None:
     import fiftyone as fo
 
     work = Path(tempfile.mkdtemp(prefix="tinysam-rss-"))
-    fo.config.database_dir = str(work / "db")
     fo.config.database_validation = False
     fo.config.do_not_track = True
     (work / "images").mkdir()
@@ -107,8 +107,11 @@ def main() -> None:
                   "high_score_thresh": 0.0, "box_nms_thresh": 1.0, "points_per_batch": 64}
     n = args.images
     marks = sorted({1, args.warmup, n // 4, n // 2, 3 * n // 4, n} - {0})
-    runs = [measure(fo, paths, predictor, "masks in documents", None, params, marks),
-            measure(fo, paths, predictor, "masks on disk", work / "masks", params, marks)]
+    try:
+        runs = [measure(fo, paths, predictor, "masks in documents", None, params, marks),
+                measure(fo, paths, predictor, "masks on disk", work / "masks", params, marks)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
     model = args.checkpoint or "tiny_test_t (random)"
     print(f"auto_mask over {n} images (≤{args.size}px), model {model}, points_per_side {args.points_per_side}")

