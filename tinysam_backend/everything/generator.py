@@ -44,8 +44,8 @@ logger = logging.getLogger(__name__)
 
 MODES = ("hierarchical", "dense")
 DECODERS = ("auto", "fast", "model")
-# Pixels of upscaled float32 logits held at once while filtering (≈ 256 MiB).
-_UPSCALE_PIXEL_BUDGET = 1 << 26
+# Pixels of upscaled float32 logits held at once while filtering (≈ 128 MiB).
+_UPSCALE_PIXEL_BUDGET = 1 << 25
 # NMS threshold of the official small-region clean-up is max(box_nms_thresh, crop_nms_thresh = 0.7).
 _CROP_NMS_THRESH = 0.7
 
