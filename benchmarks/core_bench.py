@@ -67,17 +67,11 @@ def _interleaved(fns: dict, runs: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def main() -> None:
+def measure(args) -> dict:
     import skimage.data
 
     from tinysam_backend import Predictor, load_model
 
-    default_ckpt = Path(__file__).resolve().parents[2] / "shared" / "parity" / "tinysam_random_weights.pth"
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--checkpoint", default=str(default_ckpt))
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
-    args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     predictor = Predictor(load_model(args.checkpoint))
@@ -90,21 +84,72 @@ def main() -> None:
         t = _interleaved({"ours": lambda: predictor.model.encode_image(x),
                           "reference": lambda: reference.encode_image(x)}, args.runs)
         diff = (predictor.model.encode_image(x) - reference.encode_image(x)).abs().max().item()
-    enc = t["ours"]
-    embed = _median_time(lambda: predictor.embed(image), args.runs)
     emb = predictor.embed(image)
-    click = _median_time(lambda: predictor.predict(emb, [[500, 400]], [1]), args.runs * 4)
-    click_box = _median_time(lambda: predictor.predict(emb, [[500, 400]], [1], box=[300, 200, 700, 600]), args.runs * 4)
     coords = np.random.default_rng(0).uniform(0, 1024, (64, 1, 2))
-    batch = _median_time(lambda: predictor.predict_batch(emb, coords, np.ones((64, 1)), return_masks=False), args.runs)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"encoder forward, official arithmetic : {t['reference'] * 1000:8.1f} ms")
-    print(f"encoder forward (1024x1024), ours   : {enc * 1000:8.1f} ms  "
-          f"(ratio ours/official {enc / t['reference']:.2f}, max |diff| {diff:.2e})")
-    print(f"embed incl. resize/normalise        : {embed * 1000:8.1f} ms")
-    print(f"single click predict (masks at 1024): {click * 1000:8.1f} ms")
-    print(f"click + box predict                 : {click_box * 1000:8.1f} ms")
-    print(f"batched decode, 64 prompts, per prompt (no upscaling): {batch / 64 * 1000:8.1f} ms")
+    return {
+        "threads": torch.get_num_threads(),
+        "reference": t["reference"], "ours": t["ours"], "diff": diff,
+        "embed": _median_time(lambda: predictor.embed(image), args.runs),
+        "click": _median_time(lambda: predictor.predict(emb, [[500, 400]], [1]), args.runs * 4),
+        "click_box": _median_time(lambda: predictor.predict(emb, [[500, 400]], [1], box=[300, 200, 700, 600]),
+                                  args.runs * 4),
+        "batch64": _median_time(lambda: predictor.predict_batch(emb, coords, np.ones((64, 1)), return_masks=False),
+                                args.runs) / 64,
+    }
+
+
+def _run_child(args, tuned: bool) -> dict:
+    """One measurement in a fresh process, with or without the malloc variables (read by glibc at start)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tinysam_backend.allocator import ALLOCATOR_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    env["TINYSAM_MALLOC_TUNING"] = "0"
+    if tuned:
+        env.update(ALLOCATOR_ENV)
+    cmd = [sys.executable, __file__, "--child", "--checkpoint", args.checkpoint, "--runs", str(args.runs),
+           "--threads", str(args.threads)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    import json
+    import os
+
+    default_ckpt = Path(__file__).resolve().parents[2] / "shared" / "parity" / "tinysam_random_weights.pth"
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", default=str(default_ckpt))
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating (default malloc, tuned malloc) processes")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(measure(args)))
+        return
+    results = {"default": [], "tuned": []}
+    for _ in range(args.rounds):  # alternate, so that machine load hits both alike
+        results["default"].append(_run_child(args, tuned=False))
+        results["tuned"].append(_run_child(args, tuned=True))
+    med = {k: {m: statistics.median(r[m] for r in rs) for m in rs[0]} for k, rs in results.items()}
+    print(f"torch {torch.__version__}, threads {int(med['tuned']['threads'])}, load average "
+          f"{os.getloadavg()[0]:.2f}; medians of {args.rounds} process(es) per column x {args.runs} runs")
+    print(f"{'':44s}{'glibc default':>15s}{'tuned malloc':>15s}{'tuned/default':>15s}")
+    rows = [("encoder forward, official arithmetic", "reference", 1), ("encoder forward (1024x1024), ours", "ours", 1),
+            ("embed incl. resize/normalise", "embed", 1), ("single click predict (masks at 1024)", "click", 1),
+            ("click + box predict", "click_box", 1), ("batched decode, per prompt of 64 (no upscale)", "batch64", 1)]
+    for label, key, _ in rows:
+        d, t = med["default"][key] * 1000, med["tuned"][key] * 1000
+        print(f"{label:44s}{d:12.1f} ms{t:12.1f} ms{t / d:15.2f}")
+    for k in ("default", "tuned"):
+        print(f"ours / official arithmetic, {k:7s} malloc: {med[k]['ours'] / med[k]['reference']:.2f} "
+              f"(max |diff| {med[k]['diff']:.2e})")
+    print("tuned malloc is what `tinysam` commands and `tinysam serve` run with (tinysam_backend/allocator.py)")
 
 
 if __name__ == "__main__":

@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a real process (the `tinysam` command), not a call from Python: tune malloc first
+        from .allocator import reexec_with_tuned_allocator
+
+        reexec_with_tuned_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -251,9 +251,11 @@ def _check_field_name(name: str, what: str) -> None:
 def _make_predictor(checkpoint, predictor):
     if predictor is not None:
         return predictor
+    from .allocator import tune_in_process
     from .checkpoint import load_model
     from .predictor import Predictor
 
+    tune_in_process()  # FiftyOne's processes start without our malloc variables (see allocator.py)
     return Predictor(load_model(checkpoint))
 
 

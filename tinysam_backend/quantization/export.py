@@ -45,9 +45,9 @@ DECODER_OUTPUTS = ("low_res_logits", "iou_predictions")
 def explicit_window_attention(m: WindowAttention, x: torch.Tensor) -> torch.Tensor:
     """TinyViT window attention written as the official arithmetic: (q·kᵀ)·scale + bias → softmax → ·v.
 
-    Exported this way (rather than through `scaled_dot_product_attention`, which the exporter splits into
-    √scale·q and √scale·kᵀ) the graph has exactly the tensors the calibration measures: q, kᵀ, the
-    probabilities and v feed the two MatMuls that the QDQ writer turns into per-head int8 products.
+    Exported out of place (the eager forward scales and adds the bias in place, to save memory traffic) the
+    graph has exactly the tensors the calibration measures: q, kᵀ, the probabilities and v feed the two
+    MatMuls that the QDQ writer turns into per-head int8 products.
     """
     b, n, _ = x.shape
     x = m.norm(x)
