@@ -99,4 +99,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from tinysam_backend.allocator import reexec_with_tuned_allocator
+
+    reexec_with_tuned_allocator()  # the malloc settings `tinysam` commands run with
     sys.exit(main())

@@ -176,4 +176,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from tinysam_backend.allocator import reexec_with_tuned_allocator
+
+    reexec_with_tuned_allocator()  # the malloc settings `tinysam` commands run with
     main()

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -120,11 +121,21 @@ def _example_decoder_inputs(sam: Sam) -> tuple[torch.Tensor, ...]:
             torch.tensor([[1.0, 0.0, -1.0], [1.0, 2.0, 3.0]]), torch.zeros(2, 1, *m), torch.zeros(1))
 
 
+@contextlib.contextmanager
+def _quiet_tracer():
+    """Silence the tracer's generic warnings (constants, Python booleans, Slice folding): the graphs are checked
+    against PyTorch by tests/quantization, and the warnings only alarm the person running `tinysam quantize`."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")
+        yield
+
+
 def export_image_encoder(sam: Sam, path: str | Path) -> Path:
     """Write the fp32 encoder graph (BatchNorm folded into the convolutions by constant folding)."""
     path = Path(path)
     x = torch.zeros(1, 3, sam.image_size, sam.image_size)
-    with torch.no_grad(), _explicit_attention(sam.image_encoder):
+    with torch.no_grad(), _explicit_attention(sam.image_encoder), _quiet_tracer():
         torch.onnx.export(ImageEncoderGraph(sam.eval()), (x,), str(path), input_names=list(ENCODER_INPUTS),
                           output_names=list(ENCODER_OUTPUTS), opset_version=OPSET, dynamo=False,
                           do_constant_folding=True)
@@ -135,7 +146,7 @@ def export_image_encoder(sam: Sam, path: str | Path) -> Path:
 def export_mask_decoder(sam: Sam, path: str | Path) -> Path:
     """Write the fp32 prompt-encoder + mask-decoder graph with dynamic prompt batch and point count."""
     path = Path(path)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_tracer():
         torch.onnx.export(
             PromptDecoderGraph(sam.eval()), _example_decoder_inputs(sam), str(path),
             input_names=list(DECODER_INPUTS), output_names=list(DECODER_OUTPUTS), opset_version=OPSET,
