@@ -1,8 +1,10 @@
 """fp32 PyTorch path: encoder time per image and decoder time per prompt, on this machine.
 
-    python benchmarks/core_bench.py [--checkpoint PATH] [--runs 5]
+    python benchmarks/core_bench.py [--checkpoint PATH] [--runs 5] [--rounds 2]
 
-Prints medians over `runs` after one warm-up. The parity checkpoint (random weights, official layout) times
+Each measurement runs in a fresh process, alternately with glibc's default malloc and with the settings of
+`tinysam_backend/allocator.py` (read by glibc at process start), `rounds` processes each; prints medians over
+`runs` after one warm-up, both columns side by side. The parity checkpoint (random weights, official layout) times
 exactly like the real one: the arithmetic does not depend on the values.
 """
 
@@ -140,10 +142,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {int(med['tuned']['threads'])}, load average "
           f"{os.getloadavg()[0]:.2f}; medians of {args.rounds} process(es) per column x {args.runs} runs")
     print(f"{'':44s}{'glibc default':>15s}{'tuned malloc':>15s}{'tuned/default':>15s}")
-    rows = [("encoder forward, official arithmetic", "reference", 1), ("encoder forward (1024x1024), ours", "ours", 1),
-            ("embed incl. resize/normalise", "embed", 1), ("single click predict (masks at 1024)", "click", 1),
-            ("click + box predict", "click_box", 1), ("batched decode, per prompt of 64 (no upscale)", "batch64", 1)]
-    for label, key, _ in rows:
+    rows = [("encoder forward, official arithmetic", "reference"), ("encoder forward (1024x1024), ours", "ours"),
+            ("embed incl. resize/normalise", "embed"), ("single click predict (masks at 1024)", "click"),
+            ("click + box predict", "click_box"), ("batched decode, per prompt of 64 (no upscale)", "batch64")]
+    for label, key in rows:
         d, t = med["default"][key] * 1000, med["tuned"][key] * 1000
         print(f"{label:44s}{d:12.1f} ms{t:12.1f} ms{t / d:15.2f}")
     for k in ("default", "tuned"):

@@ -20,6 +20,9 @@ class Settings:
     cache_dir: `TINYSAM_CACHE_DIR`, where `tinysam weights fetch` stores downloads.
     torch_threads: `TINYSAM_TORCH_THREADS`, intra-op threads (0 = torch's default).
     max_image_pixels: `TINYSAM_MAX_IMAGE_PIXELS`, larger images are refused (decompression bombs).
+
+    One variable is read before this exists: `TINYSAM_MALLOC_TUNING` (`allocator.py`), which decides whether
+    the process re-executes itself with malloc settings before anything else runs.
     """
 
     checkpoint: str | None = None
@@ -28,7 +31,7 @@ class Settings:
     max_image_pixels: int = 100_000_000
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         cache = env.get("TINYSAM_CACHE_DIR")
         return cls(

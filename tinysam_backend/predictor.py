@@ -7,7 +7,6 @@ predictor can be shared by many threads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -129,7 +128,7 @@ class Predictor:
         return masks, iou.numpy().astype(np.float32), low_res.numpy().astype(np.float32)
 
     def predict(self, emb: ImageEmbedding, point_coords=None, point_labels=None, box=None,
-                mask_input: Optional[np.ndarray] = None):
+                mask_input: np.ndarray | None = None):
         """One prompt: point_coords (N, 2) XY original pixels, point_labels (N,) 1 fg / 0 bg, box (4,) XYXY,
         mask_input (1, 256, 256) or (256, 256) logits. Returns masks (3, H, W) bool, scores (3,), low-res (3, 256, 256).
         """

@@ -6,7 +6,7 @@ Parameter names follow the official `sam_vit_*.pth` checkpoints (`patch_embed.pr
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
