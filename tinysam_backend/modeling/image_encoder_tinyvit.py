@@ -118,7 +118,8 @@ class WindowAttention(nn.Module):
         x = self.norm(x)
         q, k, v = self.qkv(x).view(b, n, self.num_heads, 3 * self.key_dim).permute(0, 2, 1, 3).split(self.key_dim, dim=3)
         # Explicit attention, in place where possible: on the CPU, scaled_dot_product_attention with a float
-        # mask takes its math path plus a scan of the mask for -inf rows (≈ 6% of the encoder's time).
+        # mask takes its math path plus a scan of the mask for -inf rows (≈ 6% of the encoder's time). The ONNX
+        # export traces this form too: its two MatMuls are where quantization puts per-head int8 products.
         attn = q @ k.transpose(-2, -1)
         attn.mul_(self.scale).add_(self.attention_biases[:, self.attention_bias_idxs].to(q.dtype))
         x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, -1)

@@ -18,7 +18,6 @@ so the graph computes the same sums as `PromptEncoder.forward`.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import warnings
@@ -27,7 +26,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..modeling.image_encoder_tinyvit import WindowAttention
 from ..modeling.sam import Sam
 from .prompts import prompt_to_points  # noqa: F401  (re-exported: the graph's prompt layout)
 from .runtime import FORMAT_VERSION, METADATA_FILE
@@ -41,33 +39,6 @@ ENCODER_INPUTS = ("image",)
 ENCODER_OUTPUTS = ("image_embeddings",)
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
 DECODER_OUTPUTS = ("low_res_logits", "iou_predictions")
-
-
-def explicit_window_attention(m: WindowAttention, x: torch.Tensor) -> torch.Tensor:
-    """TinyViT window attention written as the official arithmetic: (q·kᵀ)·scale + bias → softmax → ·v.
-
-    Exported out of place (the eager forward scales and adds the bias in place, to save memory traffic) the
-    graph has exactly the tensors the calibration measures: q, kᵀ, the probabilities and v feed the two
-    MatMuls that the QDQ writer turns into per-head int8 products.
-    """
-    b, n, _ = x.shape
-    x = m.norm(x)
-    q, k, v = m.qkv(x).view(b, n, m.num_heads, 3 * m.key_dim).permute(0, 2, 1, 3).split(m.key_dim, dim=3)
-    attn = (q @ k.transpose(-2, -1)) * m.scale + m.attention_biases[:, m.attention_bias_idxs]
-    return m.proj((attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, -1))
-
-
-@contextlib.contextmanager
-def _explicit_attention(encoder: nn.Module):
-    """Route every WindowAttention of `encoder` through `explicit_window_attention` for the duration of an export."""
-    mods = [m for m in encoder.modules() if isinstance(m, WindowAttention)]
-    for m in mods:
-        m.forward = functools.partial(explicit_window_attention, m)
-    try:
-        yield
-    finally:
-        for m in mods:
-            del m.forward
 
 
 class ImageEncoderGraph(nn.Module):
@@ -135,7 +106,7 @@ def export_image_encoder(sam: Sam, path: str | Path) -> Path:
     """Write the fp32 encoder graph (BatchNorm folded into the convolutions by constant folding)."""
     path = Path(path)
     x = torch.zeros(1, 3, sam.image_size, sam.image_size)
-    with torch.no_grad(), _explicit_attention(sam.image_encoder), _quiet_tracer():
+    with torch.no_grad(), _quiet_tracer():
         torch.onnx.export(ImageEncoderGraph(sam.eval()), (x,), str(path), input_names=list(ENCODER_INPUTS),
                           output_names=list(ENCODER_OUTPUTS), opset_version=OPSET, dynamo=False,
                           do_constant_folding=True)
