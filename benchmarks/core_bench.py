@@ -1,4 +1,5 @@
-"""fp32 PyTorch path: encoder time per image and decoder time per prompt, on this machine.
+"""fp32 PyTorch path: encoder time per image and decoder time per prompt (Sam.decode and the low-rank decoder
+side by side), on this machine.
 
     python benchmarks/core_bench.py [--checkpoint PATH] [--runs 5] [--rounds 2]
 
@@ -87,14 +88,29 @@ def measure(args) -> dict:
                           "reference": lambda: reference.encode_image(x)}, args.runs)
         diff = (predictor.model.encode_image(x) - reference.encode_image(x)).abs().max().item()
     emb = predictor.embed(image)
+    plain = Predictor(predictor.model, low_rank_decoder=False)
+    emb_plain = plain.embed(image)
     coords = np.random.default_rng(0).uniform(0, 1024, (64, 1, 2))
+    _, _, low = predictor.predict(emb, [[500, 400]], [1])
+    refine = {"point_coords": [[500, 400], [300, 700], [600, 200]], "point_labels": [1, 0, 1], "mask_input": low[:1]}
+    clicks = _interleaved({  # each path as the user calls it; "model" is Sam.decode, the rest the low-rank decoder
+        "click_model": lambda: plain.predict(emb_plain, [[500, 400]], [1]),
+        "click": lambda: predictor.predict(emb, [[500, 400]], [1]),
+        "refine_model": lambda: plain.predict(emb_plain, **refine),
+        "refine": lambda: predictor.predict(emb, **refine),
+    }, args.runs * 4)
+    from tinysam_backend.lowrank_decoder import ImageContext
+
     return {
         "threads": torch.get_num_threads(),
         "reference": t["reference"], "ours": t["ours"], "diff": diff,
         "embed": _median_time(lambda: predictor.embed(image), args.runs),
-        "click": _median_time(lambda: predictor.predict(emb, [[500, 400]], [1]), args.runs * 4),
+        "context": _median_time(lambda: ImageContext(predictor.model, emb.features), args.runs),
+        **clicks,
         "click_box": _median_time(lambda: predictor.predict(emb, [[500, 400]], [1], box=[300, 200, 700, 600]),
                                   args.runs * 4),
+        "batch64_model": _median_time(lambda: plain.predict_batch(emb_plain, coords, np.ones((64, 1)),
+                                                                  return_masks=False), args.runs) / 64,
         "batch64": _median_time(lambda: predictor.predict_batch(emb, coords, np.ones((64, 1)), return_masks=False),
                                 args.runs) / 64,
     }
@@ -141,16 +157,22 @@ def main() -> None:
     med = {k: {m: statistics.median(r[m] for r in rs) for m in rs[0]} for k, rs in results.items()}
     print(f"torch {torch.__version__}, threads {int(med['tuned']['threads'])}, load average "
           f"{os.getloadavg()[0]:.2f}; medians of {args.rounds} process(es) per column x {args.runs} runs")
-    print(f"{'':44s}{'glibc default':>15s}{'tuned malloc':>15s}{'tuned/default':>15s}")
+    print(f"{'':48s}{'glibc default':>15s}{'tuned malloc':>15s}{'tuned/default':>15s}")
     rows = [("encoder forward, official arithmetic", "reference"), ("encoder forward (1024x1024), ours", "ours"),
-            ("embed incl. resize/normalise", "embed"), ("single click predict (masks at 1024)", "click"),
-            ("click + box predict", "click_box"), ("batched decode, per prompt of 64 (no upscale)", "batch64")]
+            ("embed incl. resize/normalise + decoder context", "embed"), ("  of which: decoder context", "context"),
+            ("single click predict, Sam.decode", "click_model"), ("single click predict, low-rank decoder", "click"),
+            ("refine (3 points + mask), Sam.decode", "refine_model"),
+            ("refine (3 points + mask), low-rank decoder", "refine"), ("click + box predict, low-rank", "click_box"),
+            ("batch of 64, per prompt, Sam.decode", "batch64_model"), ("batch of 64, per prompt, low-rank", "batch64")]
     for label, key in rows:
         d, t = med["default"][key] * 1000, med["tuned"][key] * 1000
-        print(f"{label:44s}{d:12.1f} ms{t:12.1f} ms{t / d:15.2f}")
+        print(f"{label:48s}{d:12.1f} ms{t:12.1f} ms{t / d:15.2f}")
     for k in ("default", "tuned"):
         print(f"ours / official arithmetic, {k:7s} malloc: {med[k]['ours'] / med[k]['reference']:.2f} "
               f"(max |diff| {med[k]['diff']:.2e})")
+    for k in ("default", "tuned"):
+        print(f"low-rank / Sam.decode, {k:7s} malloc: click {med[k]['click'] / med[k]['click_model']:.2f}, refine "
+              f"{med[k]['refine'] / med[k]['refine_model']:.2f}, batch {med[k]['batch64'] / med[k]['batch64_model']:.2f}")
     print("tuned malloc is what `tinysam` commands and `tinysam serve` run with (tinysam_backend/allocator.py)")
 
 

@@ -4,7 +4,7 @@
                                           [--threads N]
 
 "model" decodes each batch of points with `model.decode` (every mask of every prompt through the full
-decoder, the straightforward way); "fast" is `LowRankPointDecoder` (image side once, low-rank per-prompt
+decoder, the straightforward way); "fast" is `LowRankDecoder` (image side once, low-rank per-prompt
 work, mask heads only for masks that pass the IoU filter). Both share the same filtering and NMS, and the
 benchmark checks they return the same masks. Times are wall seconds of `run_everything` on an embedding
 computed once (the encoder is timed separately), in one process, the variants run in turns.

@@ -1,7 +1,9 @@
 """The predictor: numpy API in original image pixels over the model's torch API in the input frame.
 
 It holds no per-image state: `embed` returns an `ImageEmbedding` value and `predict` takes it back, so one
-predictor can be shared by many threads.
+predictor can be shared by many threads. For an fp32 `Sam` the embedding also carries the decoder's
+prompt-independent image side (`lowrank_decoder.ImageContext`, ~37 MB), and prompts are decoded from it, about
+2× faster than `Sam.decode` and equal to it up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 
 from .errors import PromptError
 from .image_io import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from .lowrank_decoder import ImageContext, LowRankDecoder, unsupported_reason
 from .transforms import boxes_to_input, coords_to_input, resize_image, upscale_logits
 
 MASK_THRESHOLD = 0.0
@@ -20,15 +23,18 @@ MASK_THRESHOLD = 0.0
 
 @dataclass(frozen=True)
 class ImageEmbedding:
-    """An encoded image. features: (1, 256, 64, 64); sizes are (H, W)."""
+    """An encoded image. features: (1, 256, 64, 64); sizes are (H, W); context: the low-rank decoder's image
+    side, or None (then prompts go through `model.decode`)."""
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    context: ImageContext | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.features.numel() * self.features.element_size()
+        own = self.features.numel() * self.features.element_size()
+        return own + (0 if self.context is None else self.context.nbytes)
 
 
 class Predictor:
@@ -37,9 +43,11 @@ class Predictor:
     The model protocol: `image_size`, `preprocess(x)`, `encode_image(x)`, `decode(emb, points, boxes, mask_input)`.
     """
 
-    def __init__(self, model, max_image_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, model, max_image_pixels: int = DEFAULT_MAX_PIXELS, low_rank_decoder: bool = True) -> None:
         self.model = model
         self.max_image_pixels = max_image_pixels
+        # The low-rank decoder needs an fp32 `Sam` (not e.g. the ONNX Runtime model of `quantization`).
+        self.low_rank_decoder = low_rank_decoder and unsupported_reason(model) is None
 
     @property
     def image_size(self) -> int:
@@ -57,7 +65,9 @@ class Predictor:
     def embed(self, image: ImageSource) -> ImageEmbedding:
         """Encode an image (H×W×3 uint8 RGB array, PIL image, path or bytes)."""
         x, original, resized = self.prepare(image)
-        return ImageEmbedding(self.model.encode_image(x), original, resized)
+        features = self.model.encode_image(x)
+        context = ImageContext(self.model, features) if self.low_rank_decoder else None
+        return ImageEmbedding(features, original, resized, context)
 
     # ---------------------------------------------------------------- prompt side
     def _check_embedding(self, emb: ImageEmbedding) -> None:
@@ -121,7 +131,10 @@ class Predictor:
         """
         self._check_embedding(emb)
         points, box_t, mask_t = self.prompts_to_input(emb, point_coords, point_labels, boxes, mask_input)
-        low_res, iou = self.model.decode(emb.features, points, box_t, mask_t)
+        if emb.context is not None and (points is not None or box_t is not None):
+            low_res, iou = LowRankDecoder(self.model, context=emb.context).decode(points, box_t, mask_t)
+        else:
+            low_res, iou = self.model.decode(emb.features, points, box_t, mask_t)
         masks = None
         if return_masks:
             masks = (upscale_logits(low_res, self.image_size, emb.input_size, emb.original_size) > MASK_THRESHOLD).numpy()

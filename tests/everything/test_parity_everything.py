@@ -71,5 +71,5 @@ def test_hierarchical_everything_matches_official(name, fixture, parity_dir, par
     reference = json.loads((parity_dir / f"{name}_{fixture}.json").read_text())
     emb = _fixture_embedding(parity_dir, parity_manifest, name)
     result = run_everything(parity_predictor, emb, _params(reference, "fast"))
-    assert result.timings["decoder"] == "LowRankPointDecoder"
+    assert result.timings["decoder"] == "LowRankDecoder"
     match_annotations(result.records, reference["annotations"])

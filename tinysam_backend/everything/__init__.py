@@ -3,7 +3,7 @@
 `segment_everything(predictor, image, mode="hierarchical" | "dense", ...)` returns one record per mask
 (COCO RLE `segmentation`, `bbox` XYWH, `area`, `predicted_iou`, `stability_score`, `point_coords`).
 Modules: `generator` (the algorithm), `point_grids` (first/second-round points), `postprocess` (stability,
-boxes, NMS, RLE), `decoders` / `fast_decoder` (batched decoding of many point prompts), `cli`.
+boxes, NMS, RLE), `decoders` (batched decoding of many point prompts, by `..lowrank_decoder` when it can), `cli`.
 Nothing heavy is imported until a function is called.
 """
 

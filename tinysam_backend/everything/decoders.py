@@ -5,7 +5,7 @@ the predicted IoUs of the three masks of every prompt, and the low-res logits of
 Asking for logits separately lets the fast decoder run the mask heads only for masks that pass the IoU filter.
 
 - `ModelPointDecoder`: calls `model.decode` (any model with the protocol, e.g. a quantized one);
-- `LowRankPointDecoder` (fast_decoder.py): fp32 `Sam` only, image-side work done once per image.
+- `LowRankDecoder` (../lowrank_decoder.py): fp32 `Sam` only, image-side work done once per image.
 """
 
 from __future__ import annotations
@@ -54,16 +54,25 @@ class ModelPointDecoder:
         return _AllLogits(low_res, iou)
 
 
-def make_point_decoder(model, features: torch.Tensor, kind: str = "auto") -> PointDecoder:
-    """"fast" → LowRankPointDecoder (error if the model is not an fp32 `Sam`), "model" → model.decode,
-    "auto" → fast when possible."""
-    from .fast_decoder import LowRankPointDecoder, unsupported_reason
+def decodes_with_torch(decoder: PointDecoder) -> bool:
+    """Whether the decoder's work is torch ops (which take `torch.set_num_threads`), e.g. not ONNX Runtime."""
+    from ..lowrank_decoder import LowRankDecoder
+
+    if isinstance(decoder, LowRankDecoder):
+        return True
+    return isinstance(decoder, ModelPointDecoder) and isinstance(decoder.model, torch.nn.Module)
+
+
+def make_point_decoder(model, features: torch.Tensor, kind: str = "auto", context=None) -> PointDecoder:
+    """"fast" → LowRankDecoder (error if the model is not an fp32 `Sam`), "model" → model.decode,
+    "auto" → fast when possible. `context`: the image's prebuilt `ImageContext` (from `Predictor.embed`), if any."""
+    from ..lowrank_decoder import LowRankDecoder, unsupported_reason
 
     if kind == "model":
         return ModelPointDecoder(model, features)
     reason = unsupported_reason(model)
     if reason is None:
-        return LowRankPointDecoder(model, features)
+        return LowRankDecoder(model, features, context)
     if kind == "fast":
         raise ValueError(f"decoder='fast' needs an fp32 Sam model: {reason}")
     logger.info("fast decoder not usable (%s); using model.decode", reason)

@@ -16,17 +16,20 @@ pixels (bilinear to the input frame, crop, bilinear to the image) only for masks
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decoders import PointDecoder, make_point_decoder
+from .decoders import PointDecoder, decodes_with_torch, make_point_decoder
 from .point_grids import cell_centre_grid, second_round_points
 from .postprocess import (
     MASK_THRESHOLD,
@@ -46,6 +49,8 @@ MODES = ("hierarchical", "dense")
 DECODERS = ("auto", "fast", "model")
 # Pixels of upscaled float32 logits held at once while filtering (≈ 128 MiB).
 _UPSCALE_PIXEL_BUDGET = 1 << 25
+# Batches decoded side by side (worker threads, one intra-op thread each) for a torch decoder.
+MAX_BATCH_WORKERS = 4
 # NMS threshold of the official small-region clean-up is max(box_nms_thresh, crop_nms_thresh = 0.7).
 _CROP_NMS_THRESH = 0.7
 
@@ -166,28 +171,45 @@ class _Run:
         self.progress = progress
         self.done = 0
         self.total = 0
-        self.timings = {"decode_s": 0.0, "filter_s": 0.0}
+        self.timings = {"decode_s": 0.0, "filter_s": 0.0}  # summed over worker threads
+        self.workers = min(MAX_BATCH_WORKERS, torch.get_num_threads()) if decodes_with_torch(decoder) else 1
 
     # ------------------------------------------------------------------ rounds
     def masks_for_points(self, grid: np.ndarray, need_high: bool) -> tuple[MaskCandidates, np.ndarray | None]:
-        """Decode normalised points in batches, filter their masks; with `need_high` also the high map."""
+        """Decode normalised points in batches, filter their masks; with `need_high` also the high map.
+
+        With a torch decoder and several intra-op threads, batches run side by side in worker threads with one
+        intra-op thread each (small per-prompt ops parallelise poorly inside one op); results keep batch order.
+        """
         h, w = self.geometry.original_size
         points = grid * np.array([w, h])[None, :]
         high = np.zeros((w, h), dtype=bool) if need_high else None  # transposed, as the masks below
-        parts = []
         self.total += len(points)
         batch = self.params.points_per_batch
-        for start in range(0, len(points), batch):
-            pts = points[start:start + batch]
-            t0 = time.perf_counter()
-            decoded = self.decoder(self.to_input_frame(pts))
-            t1 = time.perf_counter()
-            parts.append(self.filter_masks(decoded, pts, high))
-            self.timings["decode_s"] += t1 - t0
-            self.timings["filter_s"] += time.perf_counter() - t1
-            self.done += len(pts)
-            if self.progress is not None:
-                self.progress(self.done, self.total)
+        batches = [points[start:start + batch] for start in range(0, len(points), batch)]
+        lock = threading.Lock()
+        workers = min(self.workers, len(batches))
+        threads_each = max(1, torch.get_num_threads() // workers)
+
+        def one_batch(pts: np.ndarray) -> tuple[MaskCandidates, float, float]:
+            if workers > 1:
+                torch.set_num_threads(threads_each)  # this worker thread's intra-op threads only
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                decoded = self.decoder(self.to_input_frame(pts))
+                t1 = time.perf_counter()
+                return self.filter_masks(decoded, pts, high, lock), t1 - t0, time.perf_counter() - t1
+
+        parts = []
+        with ThreadPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
+            results = pool.map(one_batch, batches) if pool is not None else map(one_batch, batches)
+            for pts, (cands, decode_s, filter_s) in zip(batches, results):
+                parts.append(cands)
+                self.timings["decode_s"] += decode_s
+                self.timings["filter_s"] += filter_s
+                self.done += len(pts)
+                if self.progress is not None:
+                    self.progress(self.done, self.total)
         return MaskCandidates.concat(parts), (None if high is None else high.T)
 
     def to_input_frame(self, points: np.ndarray) -> np.ndarray:
@@ -213,7 +235,8 @@ class _Run:
             x = F.interpolate(x, (g.original_size[1], g.original_size[0]), mode="bilinear", align_corners=False)
         return x[:, 0].contiguous().numpy()
 
-    def filter_masks(self, decoded, points: np.ndarray, high: np.ndarray | None) -> MaskCandidates:
+    def filter_masks(self, decoded, points: np.ndarray, high: np.ndarray | None,
+                     lock: threading.Lock) -> MaskCandidates:
         p = self.params
         iou = decoded.iou.reshape(-1)
         flat = np.arange(iou.shape[0])
@@ -237,7 +260,9 @@ class _Run:
                 if idx.size == 0:
                     continue
             if high is not None:
-                np.logical_or(high, (logits_t > p.high_score_thresh).any(axis=0), out=high)
+                confident = (logits_t > p.high_score_thresh).any(axis=0)
+                with lock:
+                    np.logical_or(high, confident, out=high)
             masks_t = logits_t > MASK_THRESHOLD  # (k, W, H)
             del logits_t
             # In the transposed frame axis 1 is x and axis 2 is y.
@@ -310,7 +335,7 @@ def run_everything(predictor, image, params: EverythingParams, progress: Progres
     model = predictor.model
     geometry = _geometry_of(emb, model.image_size)
     with torch.inference_mode():
-        decoder = make_point_decoder(model, emb.features, params.decoder)
+        decoder = make_point_decoder(model, emb.features, params.decoder, context=emb.context)
         run = _Run(decoder, geometry, params, progress)
         if params.mode == "dense":
             cands, _ = run.masks_for_points(cell_centre_grid(params.points_per_side), need_high=False)

@@ -92,15 +92,13 @@ def encode_brush_values(values: np.ndarray) -> list[int]:
 def _pack(num_values: int, lengths: np.ndarray, run_values: np.ndarray) -> list[int]:
     codes, widths = _tokens(lengths, run_values)
     header = _header_bits(num_values)
-    offsets = header.size + np.cumsum(widths) - widths
-    total = header.size + int(widths.sum())
+    # Every token left-aligned in a 32-bit big-endian word, unpacked to bits; keep the first `width` bits of each.
+    words = (codes << (32 - widths)).astype(">u4")
+    bits = np.unpackbits(words.view(np.uint8)).reshape(-1, 32)
+    body = bits[np.arange(32)[None, :] < widths[:, None]]
+    total = header.size + body.size
     pad = 8 - total % 8  # the reference encoder always pads, 1 to 8 bits
-    stream = np.zeros(total + pad, dtype=np.uint8)
-    stream[: header.size] = header
-    for j in range(int(widths.max())):  # bit j (from the most significant) of every token at once
-        has = widths > j
-        stream[offsets[has] + j] = (codes[has] >> (widths[has] - 1 - j)) & 1
-    return np.packbits(stream).tolist()
+    return np.packbits(np.concatenate([header, body, np.zeros(pad, dtype=np.uint8)])).tolist()
 
 
 def mask_to_brush_rle(mask: np.ndarray) -> list[int]:

@@ -1,0 +1,89 @@
+"""The low-rank decoder equals `Sam.decode` for every prompt kind, and the predictor uses it when it can."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tinysam_backend import Predictor
+from tinysam_backend.lowrank_decoder import ImageContext, LowRankDecoder, unsupported_reason
+
+
+def _prompt_kinds(size: float, batch: int, seed: int) -> dict:
+    """Input-frame prompts of every kind the predictor accepts with points or a box (mask_input: logits)."""
+    g = torch.Generator().manual_seed(seed)
+    one = (torch.rand(batch, 1, 2, generator=g) * size, torch.ones(batch, 1, dtype=torch.int64))
+    three = (torch.rand(batch, 3, 2, generator=g) * size, torch.tensor([[1, 0, 1]] * batch))
+    corner = torch.rand(batch, 2, generator=g) * size / 2
+    box = torch.cat([corner, corner + size / 3], dim=1)
+    mask = torch.randn(batch, 1, 256, 256, generator=g) * 4
+    return {
+        "point": {"points": one},
+        "points_pos_neg": {"points": three},
+        "box": {"boxes": box},
+        "box_and_points": {"points": three, "boxes": box},
+        "points_and_mask": {"points": three, "mask_input": mask},
+        "box_and_mask": {"boxes": box, "mask_input": mask},
+    }
+
+
+def _assert_same_as_model(model, features: torch.Tensor, prompt: dict) -> None:
+    with torch.inference_mode():
+        low, iou = LowRankDecoder(model, features).decode(**prompt)
+        ref_low, ref_iou = model.decode(features, prompt.get("points"), prompt.get("boxes"), prompt.get("mask_input"))
+    assert low.shape == ref_low.shape and iou.shape == ref_iou.shape
+    torch.testing.assert_close(iou, ref_iou, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(low, ref_low, atol=1e-4 * max(1.0, ref_low.abs().max().item()), rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", list(_prompt_kinds(64.0, 1, 0)))
+def test_equals_model_decode_tiny(tiny_model, kind):
+    torch.manual_seed(3)
+    features = torch.randn(1, tiny_model.mask_decoder.transformer_dim, 16, 16)
+    prompt = _prompt_kinds(float(tiny_model.image_size), 3, 1)[kind]
+    if "mask_input" in prompt:  # the tiny model's mask branch takes 4× its 16 × 16 grid
+        prompt["mask_input"] = prompt["mask_input"][..., :64, :64].contiguous()
+    _assert_same_as_model(tiny_model, features, prompt)
+
+
+@pytest.mark.parametrize("kind", list(_prompt_kinds(1024.0, 1, 0)))
+def test_equals_model_decode_parity_checkpoint(parity_model, parity_dir, kind):
+    features = torch.from_numpy(np.load(parity_dir / "astronaut_embedding.npy"))
+    _assert_same_as_model(parity_model, features, _prompt_kinds(1024.0, 2, 2)[kind])
+
+
+def test_predictor_decodes_through_the_context_and_matches_model_decode(tiny_model):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    fast, plain = Predictor(tiny_model), Predictor(tiny_model, low_rank_decoder=False)
+    emb_fast, emb_plain = fast.embed(image), plain.embed(image)
+    assert isinstance(emb_fast.context, ImageContext) and emb_plain.context is None
+    assert emb_fast.nbytes == emb_plain.nbytes + emb_fast.context.nbytes > emb_plain.nbytes
+    kwargs = {"point_coords": [[30.0, 40.0], [100.0, 10.0]], "point_labels": [1, 0], "box": [10, 5, 90, 70]}
+    m1, s1, low1 = fast.predict(emb_fast, **kwargs)
+    m2, s2, low2 = plain.predict(emb_plain, **kwargs)
+    np.testing.assert_allclose(s1, s2, atol=1e-5)
+    np.testing.assert_allclose(low1, low2, atol=1e-4 * max(1.0, np.abs(low2).max()))
+    assert (m1 != m2).mean() < 1e-3
+    # Refining with the previous logits goes through the low-rank path too; a mask alone through `model.decode`.
+    r1 = fast.predict(emb_fast, point_coords=[[30.0, 40.0]], point_labels=[1], mask_input=low1[:1])
+    r2 = plain.predict(emb_plain, point_coords=[[30.0, 40.0]], point_labels=[1], mask_input=low2[:1])
+    np.testing.assert_allclose(r1[1], r2[1], atol=1e-5)
+    only_mask = fast.predict(emb_fast, mask_input=low1[:1])
+    np.testing.assert_allclose(only_mask[1], plain.predict(emb_plain, mask_input=low2[:1])[1], atol=1e-5)
+
+
+def test_unsupported_models_are_named_and_fall_back(tiny_model):
+    class Wrapped:
+        image_size = tiny_model.image_size
+
+        def __getattr__(self, name):
+            return getattr(tiny_model, name)
+
+    assert "not a Sam" in unsupported_reason(Wrapped())
+    assert Predictor(Wrapped()).low_rank_decoder is False
+    half = __import__("copy").deepcopy(tiny_model).half()
+    assert "float16" in unsupported_reason(half)
+    with pytest.raises(ValueError, match="point or box"):
+        LowRankDecoder(tiny_model, torch.randn(1, tiny_model.mask_decoder.transformer_dim, 16, 16)).decode(mask_input=torch.zeros(1, 1, 64, 64))
