@@ -98,10 +98,24 @@ def _per_head(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(n, heads, c // heads).transpose(0, 1).contiguous()
 
 
-def _heads_to_batch_major(x: torch.Tensor, b: int) -> torch.Tensor:
-    """(H, B·T, N) → (B, H·T, N) contiguous."""
-    h, bt, n = x.shape
-    return x.view(h, b, bt // b, n).transpose(0, 1).reshape(b, h * (bt // b), n)
+def _scores(x: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Per-head products x (B, T, H, d) · rhs (H, d, N) → (B, H·T, N), written batch-major by one bmm per head."""
+    b, t, h, d = x.shape
+    n = rhs.shape[-1]
+    out = torch.empty((b, h, t, n))
+    for i in range(h):
+        torch.bmm(x[:, :, i], rhs[i].expand(b, d, n), out=out[:, i])
+    return out.view(b, h * t, n)
+
+
+def _weighted_values(p: torch.Tensor, value: torch.Tensor, t: int) -> torch.Tensor:
+    """Per-head p (B, H·T, N) · value (H, N, d) → (B, T, H, d)."""
+    b, _, n = p.shape
+    h, _, d = value.shape
+    out = torch.empty((b, t, h, d))
+    for i in range(h):
+        torch.bmm(p[:, i * t:(i + 1) * t], value[i].expand(b, n, d), out=out[:, :, i])
+    return out
 
 
 @dataclass
@@ -259,23 +273,20 @@ class LowRankDecoder:
         q = attn.q_proj(q_in)
         d = q.shape[-1] // h
         q = q.view(b, t, h, d) / math.sqrt(d)
-        qh = q.permute(2, 0, 1, 3).reshape(h, b * t, d)  # (H, B·T, d)
         if tok.dd is None:
-            scores = _heads_to_batch_major(torch.bmm(qh, stage.key + stage.pe_key), b)
+            scores = _scores(q, stage.key + stage.pe_key)
         else:
             rk = (tok.Rr @ attn.k_proj.weight.T).view(b, -1, h, d)  # (B, r, H, d)
             m = torch.einsum("brhd,bthd->bhtr", rk, q).reshape(b, h * t, -1)  # (B, H·T, r)
-            lowrank = _heads_to_batch_major(torch.bmm(qh, stage.key), b).baddbmm_(m, tok.Lr)
-            scores = _heads_to_batch_major(torch.bmm(qh, stage.pe_key), b)
+            lowrank = _scores(q, stage.key).baddbmm_(m, tok.Lr)
+            scores = _scores(q, stage.pe_key)
             scores.addcmul_(lowrank, tok.dd[:, None, :])
             del lowrank
         p = scores.softmax(dim=-1)  # (B, H·T, N)
         del scores
         if tok.dd is not None:
             p.mul_(tok.dd[:, None, :])
-        n = p.shape[-1]
-        ph = p.view(b, h, t, n).transpose(0, 1).reshape(h, b * t, n)
-        out = torch.bmm(ph, stage.value).view(h, b, t, d).permute(1, 2, 0, 3)  # (B, T, H, d)
+        out = _weighted_values(p, stage.value, t)  # (B, T, H, d)
         if tok.dd is not None:
             pl = torch.bmm(p, tok.Lr.transpose(1, 2)).view(b, h, t, -1)  # (B, H, T, r)
             rv = (tok.Rr @ attn.v_proj.weight.T).view(b, -1, h, d)  # (B, r, H, d)
@@ -291,14 +302,13 @@ class LowRankDecoder:
         d = k.shape[-1] // h
         k = k.view(b, t, h, d) / math.sqrt(d)
         v = attn.v_proj(queries).view(b, t, h, d)
-        kh = k.permute(2, 0, 1, 3).reshape(h, b * t, d)  # (H, B·T, d)
         if tok.dd is None:
-            scores = _heads_to_batch_major(torch.bmm(kh, stage.query + stage.pe_query), b)
+            scores = _scores(k, stage.query + stage.pe_query)
         else:
             rq = (tok.Rr @ attn.q_proj.weight.T).view(b, -1, h, d)  # (B, r, H, d)
             m = torch.einsum("brhd,bthd->bhtr", rq, k).reshape(b, h * t, -1)
-            lowrank = _heads_to_batch_major(torch.bmm(kh, stage.query), b).baddbmm_(m, tok.Lr)
-            scores = _heads_to_batch_major(torch.bmm(kh, stage.pe_query), b)
+            lowrank = _scores(k, stage.query).baddbmm_(m, tok.Lr)
+            scores = _scores(k, stage.pe_query)
             scores.addcmul_(lowrank, tok.dd[:, None, :])
             del lowrank
         n = scores.shape[-1]
@@ -343,8 +353,8 @@ class LowRankDecoder:
                 attn_layer += 1
                 h, d, _ = per_head.shape
                 t1 = v_folded.shape[2]
-                vh = v_folded.permute(1, 0, 2, 3).reshape(h, b * t1, d)
-                fr[:, row:row + h * t1] = _heads_to_batch_major(torch.bmm(vh, per_head), b)
+                for i in range(h):
+                    torch.bmm(v_folded[:, i], per_head[i].expand(b, d, n), out=fr[:, row + i * t1:row + (i + 1) * t1])
                 row += h * t1
                 fr[:, row] = torch.einsum("hdn,bhd->bn", per_head, v_last) + bias
                 row += 1

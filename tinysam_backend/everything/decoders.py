@@ -54,13 +54,13 @@ class ModelPointDecoder:
         return _AllLogits(low_res, iou)
 
 
-def decodes_with_torch(decoder: PointDecoder) -> bool:
-    """Whether the decoder's work is torch ops (which take `torch.set_num_threads`), e.g. not ONNX Runtime."""
+def splits_into_threads(decoder: PointDecoder) -> bool:
+    """Whether batches of this decoder run faster side by side in worker threads with one intra-op thread each
+    than one after another with all of them: measured so for the low-rank decoder (many small ops); not for
+    `model.decode`, whose large activations then contend for memory bandwidth, nor for ONNX Runtime."""
     from ..lowrank_decoder import LowRankDecoder
 
-    if isinstance(decoder, LowRankDecoder):
-        return True
-    return isinstance(decoder, ModelPointDecoder) and isinstance(decoder.model, torch.nn.Module)
+    return isinstance(decoder, LowRankDecoder)
 
 
 def make_point_decoder(model, features: torch.Tensor, kind: str = "auto", context=None) -> PointDecoder:

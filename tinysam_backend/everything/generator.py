@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decoders import PointDecoder, decodes_with_torch, make_point_decoder
+from .decoders import PointDecoder, make_point_decoder, splits_into_threads
 from .point_grids import cell_centre_grid, second_round_points
 from .postprocess import (
     MASK_THRESHOLD,
@@ -49,7 +49,7 @@ MODES = ("hierarchical", "dense")
 DECODERS = ("auto", "fast", "model")
 # Pixels of upscaled float32 logits held at once while filtering (≈ 128 MiB).
 _UPSCALE_PIXEL_BUDGET = 1 << 25
-# Batches decoded side by side (worker threads, one intra-op thread each) for a torch decoder.
+# Batches decoded side by side (worker threads, one intra-op thread each) by the low-rank decoder.
 MAX_BATCH_WORKERS = 4
 # NMS threshold of the official small-region clean-up is max(box_nms_thresh, crop_nms_thresh = 0.7).
 _CROP_NMS_THRESH = 0.7
@@ -172,14 +172,14 @@ class _Run:
         self.done = 0
         self.total = 0
         self.timings = {"decode_s": 0.0, "filter_s": 0.0}  # summed over worker threads
-        self.workers = min(MAX_BATCH_WORKERS, torch.get_num_threads()) if decodes_with_torch(decoder) else 1
+        self.workers = min(MAX_BATCH_WORKERS, torch.get_num_threads()) if splits_into_threads(decoder) else 1
 
     # ------------------------------------------------------------------ rounds
     def masks_for_points(self, grid: np.ndarray, need_high: bool) -> tuple[MaskCandidates, np.ndarray | None]:
         """Decode normalised points in batches, filter their masks; with `need_high` also the high map.
 
-        With a torch decoder and several intra-op threads, batches run side by side in worker threads with one
-        intra-op thread each (small per-prompt ops parallelise poorly inside one op); results keep batch order.
+        With the low-rank decoder and several intra-op threads, batches run side by side in worker threads with one
+        intra-op thread each (its many small ops parallelise poorly inside one op); results keep batch order.
         """
         h, w = self.geometry.original_size
         points = grid * np.array([w, h])[None, :]
