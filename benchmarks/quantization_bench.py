@@ -5,7 +5,7 @@
 
 Speed (interleaved runs, medians, so that machine load hits every path alike): image encoder for PyTorch fp32
 eager, ONNX Runtime fp32 and ONNX Runtime int8; mask decoder per single-click prompt (batch of 1) and per
-prompt in a batch of 64. Targets: int8 encoder >= 3x faster than PyTorch eager; single click <= 30 ms.
+prompt in a batch of 64, for the same three and for the fp32 low-rank decoder (what `Predictor` runs for fp32). Targets: int8 encoder >= 3x faster than PyTorch eager; single click <= 30 ms.
 
 Accuracy, on the parity images and prompts (../shared/parity): the int8 model against PyTorch fp32 of the
 same weights, mean IoU of the best-scored mask for point prompts and box prompts (target >= 0.95), and
@@ -65,16 +65,22 @@ def _images(manifest: dict) -> dict:
 
 
 def speed(models: dict, runs: int) -> dict:
+    from tinysam_backend.lowrank_decoder import LowRankDecoder
+
     s = next(iter(models.values())).image_size
     x = torch.randn(1, 3, s, s)
     with torch.inference_mode():
         enc = _interleaved({k: (lambda m=m: m.encode_image(x)) for k, m in models.items()}, runs)
         emb = {k: m.encode_image(x) for k, m in models.items()}
         click = (torch.tensor([[[400.0, 300.0]]]), torch.ones(1, 1, dtype=torch.int64))
-        dec1 = _interleaved({k: (lambda m=m, k=k: m.decode(emb[k], click)) for k, m in models.items()}, runs * 4)
+        # The fp32 model's decoder also as `Predictor` runs it: the low-rank decoder over the image's context.
+        lowrank = LowRankDecoder(models["pytorch_fp32"], emb["pytorch_fp32"])
+        decoders = {k: (lambda prompts, m=m, k=k: m.decode(emb[k], prompts)) for k, m in models.items()}
+        decoders["pytorch_fp32_lowrank"] = lowrank.decode
+        dec1 = _interleaved({k: (lambda f=f: f(click)) for k, f in decoders.items()}, runs * 4)
         rng = np.random.default_rng(0)
         many = (torch.from_numpy(rng.uniform(0, s, (64, 1, 2)).astype(np.float32)), torch.ones(64, 1, dtype=torch.int64))
-        dec64 = _interleaved({k: (lambda m=m, k=k: m.decode(emb[k], many)) for k, m in models.items()}, runs)
+        dec64 = _interleaved({k: (lambda f=f: f(many)) for k, f in decoders.items()}, runs)
     return {"encoder_s": enc, "decode_single_click_ms": {k: v * 1e3 for k, v in dec1.items()},
             "decode_per_prompt_in_batch64_ms": {k: v * 1e3 / 64 for k, v in dec64.items()}}
 

@@ -61,7 +61,11 @@ class ArtifactInfo:
 
 
 def session_options(intra_op_threads: int = 0):
-    """CPU session options: all graph optimisations (QDQ → QLinearConv / MatMulInteger fusions), sequential."""
+    """CPU session options: all graph optimisations (QDQ → QLinearConv / MatMulInteger fusions), sequential.
+
+    Worker threads do not spin between runs: in a server (gunicorn threads, FiftyOne) the CPU left idle after a
+    request goes to the next one, or to torch, instead of to ONNX Runtime's busy-waiting pool.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -69,6 +73,7 @@ def session_options(intra_op_threads: int = 0):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
