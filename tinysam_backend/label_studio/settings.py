@@ -83,7 +83,7 @@ class LabelStudioSettings:
         only; `*.example.com` allows subdomains).
     basic_auth_user / basic_auth_pass: `BASIC_AUTH_USER` / `BASIC_AUTH_PASS`, required of every request but `/health`
         when both are set.
-    cache_bytes: `TINYSAM_LS_CACHE_BYTES`, bound of the image-embedding cache per worker (an embedding is 4 MiB).
+    cache_bytes: `TINYSAM_LS_CACHE_BYTES`, bound of the image-embedding cache per worker (an image takes ~41 MiB: embedding 4 MiB + the low-rank decoder's image side).
     refine_entries: `TINYSAM_LS_REFINE_ENTRIES`, low-res logits kept for click refinement (256 KiB each).
     max_body_bytes: `TINYSAM_LS_MAX_BODY_BYTES`, request bodies above are refused with 413.
     max_image_bytes: `TINYSAM_LS_MAX_IMAGE_BYTES`, downloads above are refused.
