@@ -14,7 +14,8 @@ bundled data, and measures, in one run:
    adds a click at once; every 4th click starts a new object) → p50 / p95 / max, against the 150 ms target;
    3b. the same with annotators who look at each mask before clicking again (--think-ms, 0.5-1.5 s by default);
 4. cross-talk: a fresh server, 8 clients on 8 different images, all first clicks released at once, then more
-   clicks → every answer must be its own image's mask (compared with the core's answer for that image).
+   clicks → every answer must be its own image's mask (the core's answer for that image, computed here; a pixel
+   whose logit is ~0 may flip when the server's thread count differs, so up to 0.1 % of pixels may differ).
 
 Printed ratios: warm / cold click p50 (what the embedding cache saves), HTTP click / in-process p50 (phase 2), and
 the machine's load average (other processes slow every figure alike). Traffic goes to 127.0.0.1 only; every
@@ -194,7 +195,7 @@ def main() -> int:
             masks, scores, _ = predictor.predict(emb, np.array([[x * w / 100, y * h / 100]]), np.array([1]))
             expected[(name, k)] = masks[int(np.argmax(scores))]
     server = serve(Path(args.checkpoint), env, tmp / "gunicorn-2.log", workers=args.workers, threads=args.threads)
-    mismatches, answers, first_click = [], 0, []
+    mismatches, answers, first_click, flips = [], 0, [], []
     lock = threading.Lock()
     try:
         barrier = threading.Barrier(len(IMAGES))
@@ -213,7 +214,12 @@ def main() -> int:
                     answers += 1
                     if k == 0:
                         first_click.append(elapsed)
-                    if got.shape != expected[(name, k)].shape or not np.array_equal(got, expected[(name, k)]):
+                    want = expected[(name, k)]
+                    # Float sums in another thread count can flip a pixel whose logit is ~0 (random weights make
+                    # many); another image's mask differs in size or in far more than 0.1 % of the pixels.
+                    flipped = int((got != want).sum()) if got.shape == want.shape else got.size
+                    flips.append(flipped)
+                    if flipped > 0.001 * want.size:
                         mismatches.append((name, k))
 
         threads = [threading.Thread(target=client, args=(name, j)) for j, name in enumerate(IMAGES)]
@@ -247,7 +253,8 @@ def main() -> int:
     print(f"   ratio warm / cold click p50 = {warm_p50 / cold_p50:.3f}; embedding cache: "
           f"{health['stats']['embedding_cache']}")
     print(f"4. {len(IMAGES)} clients on {len(IMAGES)} images at once (fresh server): {answers} answers, "
-          f"{len(mismatches)} not their own image's mask {mismatches or ''}; first clicks (all encoding at once) "
+          f"{len(mismatches)} not their own image's mask {mismatches or ''} (most pixels differing from the core's "
+          f"mask: {max(flips)}); first clicks (all encoding at once) "
           f"p50 {statistics.median(first_click) * ms:.0f} ms, max {max(first_click) * ms:.0f} ms; "
           f"encodes: {cache['misses']} for {len(IMAGES)} images")
     return 1 if mismatches else 0
