@@ -23,8 +23,9 @@ heads·T + 1. A mask prompt (SAM's `mask_input`) is a low-rank start as well: th
 convolution from 16 channels, so its dense embedding is F minus the "no mask" embedding plus a rank-17 term.
 
 Two more savings, also exact: the last token-to-image attention only for the tokens whose outputs are used
-(IoU token and the three multimask tokens), and the upscaling heads only for prompts with a mask asked for
-(`low_res` of the decoded batch), since the everything mode's IoU filter runs first. The heads run as matrix
+(IoU token and the three multimask tokens; in the everything mode first the IoU token alone), and the mask
+tokens' last attention and the upscaling heads only for prompts with a mask asked for (`low_res` of the decoded
+batch), since the everything mode's IoU filter runs first. The heads run as matrix
 products in a pixel-major layout, so the 32-channel output is reduced by the hypernetwork before any
 reshuffling. Results equal `Sam.decode` up to float32 rounding (tests/core/test_lowrank_decoder.py).
 
@@ -404,10 +405,10 @@ class LowRankDecoder:
         tok.has_mask = True
         return tok
 
-    def transformer(self, sparse: torch.Tensor, mask_input: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, _Tokens]:
-        """Sparse prompt embeddings (B, K, C) [+ mask_input (B, 1, 4h, 4w)] → (used output tokens (B, 4, C):
-        IoU + multimask, image tokens)."""
+    def layers(self, sparse: torch.Tensor, mask_input: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, _Tokens]:
+        """Sparse prompt embeddings (B, K, C) [+ mask_input (B, 1, 4h, 4w)] through the two-way layers →
+        (tokens (B, T, C), their positional embedding (B, T, C), image tokens)."""
         dec = self.model.mask_decoder
         tr = dec.transformer
         point_embedding = torch.cat([dec.output_tokens(sparse.shape[0]), sparse.float()], dim=1)
@@ -425,20 +426,27 @@ class LowRankDecoder:
             queries = layer.norm3(queries + layer.mlp(queries))
             self._image_to_token(layer.cross_attn_image_to_token, layer.norm4, self.ctx.stages[i], tok, queries,
                                  point_embedding)
-        used = [0] + list(range(2, 1 + dec.num_mask_tokens))
-        q_used, pe_used = queries[:, used], point_embedding[:, used]
-        out = self._token_to_image(tr.final_attn_token_to_image, self.ctx.final, tok, q_used + pe_used)
-        return tr.norm_final_attn(q_used + out), tok
+        return queries, point_embedding, tok
+
+    def final(self, queries: torch.Tensor, point_embedding: torch.Tensor, tok: _Tokens) -> torch.Tensor:
+        """The last token-to-image attention + norm for the given tokens (each token's output is its own)."""
+        tr = self.model.mask_decoder.transformer
+        out = self._token_to_image(tr.final_attn_token_to_image, self.ctx.final, tok, queries + point_embedding)
+        return tr.norm_final_attn(queries + out)
 
     def __call__(self, points: np.ndarray) -> _LowRankDecoded:
-        """(B, 2) XY input-frame points, one foreground point per prompt → IoUs now, mask logits on demand."""
+        """(B, 2) XY input-frame points, one foreground point per prompt → IoUs now, mask logits on demand.
+
+        Only the IoU token goes through the last attention here; the mask tokens do in `low_res`, for the prompts
+        whose masks are asked for."""
         with torch.inference_mode():
             coords = torch.from_numpy(np.asarray(points, dtype=np.float64)).reshape(-1, 1, 2)
             labels = torch.ones((coords.shape[0], 1), dtype=torch.int64)
             sparse, _ = self.model.prompt_encoder((coords, labels), None, None)
-            hs, tok = self.transformer(sparse)
-            iou = self.model.mask_decoder.iou_prediction_head(hs[:, 0])[:, 1:]
-        return _LowRankDecoded(self, hs, tok, iou)
+            queries, point_embedding, tok = self.layers(sparse)
+            iou_token = self.final(queries[:, :1], point_embedding[:, :1], tok)
+            iou = self.model.mask_decoder.iou_prediction_head(iou_token[:, 0])[:, 1:]
+        return _LowRankDecoded(self, queries, point_embedding, tok, iou)
 
     def decode(self, points: tuple[torch.Tensor, torch.Tensor] | None = None, boxes: torch.Tensor | None = None,
                mask_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -448,15 +456,17 @@ class LowRankDecoder:
             if sparse.shape[1] == 0:
                 # A mask alone: SAM has no sparse token then; the general path needs at least one.
                 raise ValueError("the low-rank decoder needs a point or box prompt")
-            hs, tok = self.transformer(sparse, mask_input)
+            queries, point_embedding, tok = self.layers(sparse, mask_input)
+            used = [0] + list(range(2, 1 + self.model.mask_decoder.num_mask_tokens))  # IoU + multimask tokens
+            hs = self.final(queries[:, used], point_embedding[:, used], tok)
             iou = self.model.mask_decoder.iou_prediction_head(hs[:, 0])[:, 1:]
-            low = torch.cat([self.masks(hs[i:i + _HEAD_CHUNK], tok.take(torch.arange(i, min(i + _HEAD_CHUNK, len(hs)))))
+            low = torch.cat([self.masks(hs[i:i + _HEAD_CHUNK, 1:], tok.take(torch.arange(i, min(i + _HEAD_CHUNK, len(hs)))))
                              for i in range(0, len(hs), _HEAD_CHUNK)])
         return low, iou
 
     # ------------------------------------------------------------------ heads
     def masks(self, hs: torch.Tensor, tok: _Tokens) -> torch.Tensor:
-        """Low-res logits (B, 3, 4h, 4w) of the multimask outputs, hs (B, 4, C) from `transformer`."""
+        """Low-res logits (B, 3, 4h, 4w) of the multimask outputs; hs (B, 3, C): the multimask tokens' outputs."""
         dec = self.model.mask_decoder
         ctx = self.ctx
         b = hs.shape[0]
@@ -471,7 +481,7 @@ class LowRankDecoder:
         up = torch.matmul(up, ctx.up2_weight).add_(ctx.up2_bias)  # (B, N·4, 4·C/8), columns (i2, j2, channel)
         up = act2(up)
         c8 = ctx.up2_weight.shape[1] // 4
-        hyper = torch.stack([dec.output_hypernetworks_mlps[i + 1](hs[:, 1 + i]) for i in range(hs.shape[1] - 1)],
+        hyper = torch.stack([dec.output_hypernetworks_mlps[i + 1](hs[:, i]) for i in range(hs.shape[1])],
                             dim=1)  # (B, 3, C/8)
         m = torch.bmm(up.view(b, -1, c8), hyper.transpose(1, 2))  # (B, N·16, 3), rows (y, x, i1, j1, i2, j2)
         k = hyper.shape[1]
@@ -480,9 +490,11 @@ class LowRankDecoder:
 
 
 class _LowRankDecoded:
-    def __init__(self, decoder: LowRankDecoder, hs: torch.Tensor, tok: _Tokens, iou: torch.Tensor) -> None:
+    def __init__(self, decoder: LowRankDecoder, queries: torch.Tensor, point_embedding: torch.Tensor, tok: _Tokens,
+                 iou: torch.Tensor) -> None:
         self.decoder = decoder
-        self.hs = hs
+        self.queries = queries
+        self.point_embedding = point_embedding
         self.tok = tok
         self.iou = iou.float().numpy()
         gh, gw = decoder.ctx.grid
@@ -491,10 +503,13 @@ class _LowRankDecoded:
     def low_res(self, flat_index: np.ndarray) -> torch.Tensor:
         flat_index = np.asarray(flat_index, dtype=np.int64)
         prompts, inverse = np.unique(flat_index // 3, return_inverse=True)
+        mask_tokens = list(range(2, 1 + self.decoder.model.mask_decoder.num_mask_tokens))
         out = []
         with torch.inference_mode():
             for start in range(0, len(prompts), _HEAD_CHUNK):
                 sel = torch.as_tensor(prompts[start:start + _HEAD_CHUNK])
-                out.append(self.decoder.masks(self.hs[sel], self.tok.take(sel)))
+                tok = self.tok.take(sel)
+                hs = self.decoder.final(self.queries[sel][:, mask_tokens], self.point_embedding[sel][:, mask_tokens], tok)
+                out.append(self.decoder.masks(hs, tok))
             masks = torch.cat(out).reshape(-1, *self.mask_shape)  # (P·3, 256, 256)
         return masks[torch.as_tensor(inverse.reshape(-1) * 3 + flat_index % 3)]
