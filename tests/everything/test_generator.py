@@ -155,3 +155,37 @@ def test_min_mask_region_area_runs(tiny_predictor, tiny_embedding):
 def test_params_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EverythingParams(**kwargs)
+
+
+def test_batches_in_worker_threads_give_the_same_records_and_stop_on_cancel(tiny_predictor, tiny_embedding,
+                                                                             monkeypatch):
+    import threading
+
+    import tinysam_backend.everything.generator as generator
+
+    kw = dict(PERMISSIVE, mode="dense", points_per_side=8, points_per_batch=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(generator, "MAX_BATCH_WORKERS", 1)
+        one = run_everything(tiny_predictor, tiny_embedding, EverythingParams(**kw))
+        monkeypatch.setattr(generator, "MAX_BATCH_WORKERS", 2)
+        seen = []
+        two = run_everything(tiny_predictor, tiny_embedding, EverythingParams(**kw),
+                             progress=lambda done, total: seen.append(done))
+        assert len(one.records) > 0
+        _assert_same_records(two.records, one.records)
+        assert seen == sorted(seen) and seen[-1] == 64  # in batch order, every prompt once
+
+        class Cancelled(Exception):
+            pass
+
+        def cancel(done, total):
+            raise Cancelled
+
+        before = threading.active_count()
+        with pytest.raises(Cancelled):
+            run_everything(tiny_predictor, tiny_embedding, EverythingParams(**kw), progress=cancel)
+        assert threading.active_count() == before  # the worker threads are gone, queued batches dropped
+    finally:
+        torch.set_num_threads(threads)

@@ -16,7 +16,6 @@ pixels (bilinear to the input frame, crop, bilinear to the image) only for masks
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
@@ -201,7 +200,8 @@ class _Run:
                 return self.filter_masks(decoded, pts, high, lock), t1 - t0, time.perf_counter() - t1
 
         parts = []
-        with ThreadPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
+        pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+        try:
             results = pool.map(one_batch, batches) if pool is not None else map(one_batch, batches)
             for pts, (cands, decode_s, filter_s) in zip(batches, results):
                 parts.append(cands)
@@ -209,7 +209,10 @@ class _Run:
                 self.timings["filter_s"] += filter_s
                 self.done += len(pts)
                 if self.progress is not None:
-                    self.progress(self.done, self.total)
+                    self.progress(self.done, self.total)  # may raise to cancel: queued batches are dropped
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         return MaskCandidates.concat(parts), (None if high is None else high.T)
 
     def to_input_frame(self, points: np.ndarray) -> np.ndarray:
