@@ -161,7 +161,7 @@ def test_batches_in_worker_threads_give_the_same_records_and_stop_on_cancel(tiny
                                                                              monkeypatch):
     import threading
 
-    import tinysam_backend.everything.generator as generator
+    from tinysam_backend.everything import generator
 
     kw = dict(PERMISSIVE, mode="dense", points_per_side=8, points_per_batch=4)
     threads = torch.get_num_threads()
