@@ -123,7 +123,7 @@ def load_model(checkpoint: str | Path | None = None, variant: str | None = None,
         if (path / QUANTIZED_METADATA).exists():
             from .quantization.runtime import load_quantized
 
-            return load_quantized(path)
+            return load_quantized(path, decoder=(settings or Settings.from_env()).quantized_decoder)
         raise CheckpointError(f"{path} is a directory without {QUANTIZED_METADATA}; expected a quantized artifact")
     state_dict = _read_state_dict(path)
     detected = detect_variant(state_dict)

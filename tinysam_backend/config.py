@@ -20,6 +20,8 @@ class Settings:
     cache_dir: `TINYSAM_CACHE_DIR`, where `tinysam weights fetch` stores downloads.
     torch_threads: `TINYSAM_TORCH_THREADS`, intra-op threads (0 = torch's default).
     max_image_pixels: `TINYSAM_MAX_IMAGE_PIXELS`, larger images are refused (decompression bombs).
+    quantized_decoder: `TINYSAM_QUANTIZED_DECODER`, the prompt side of a quantized artifact: "auto" (its fp32
+    weights with the low-rank decoder when present), "fp32" (those, or an error) or "onnx" (its ONNX graph).
 
     One variable is read before this exists: `TINYSAM_MALLOC_TUNING` (`allocator.py`), which decides whether
     the process re-executes itself with malloc settings before anything else runs.
@@ -29,6 +31,7 @@ class Settings:
     cache_dir: Path = Path.home() / ".cache" / "tinysam"
     torch_threads: int = 0
     max_image_pixels: int = 100_000_000
+    quantized_decoder: str = "auto"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -39,4 +42,5 @@ class Settings:
             cache_dir=Path(cache) if cache else default_cache_dir(),
             torch_threads=int(env.get("TINYSAM_TORCH_THREADS", "0") or 0),
             max_image_pixels=int(env.get("TINYSAM_MAX_IMAGE_PIXELS", str(cls.max_image_pixels))),
+            quantized_decoder=env.get("TINYSAM_QUANTIZED_DECODER", cls.quantized_decoder).strip().lower() or "auto",
         )

@@ -99,10 +99,11 @@ def onnx_fp32_dir(parity_checkpoint, tmp_path_factory) -> Path:
 
 
 def test_onnx_fp32_export_matches_parity_fixtures(onnx_fp32_dir, parity_dir, parity_manifest, parity_images):
-    from tinysam_backend import Predictor, load_model
+    from tinysam_backend import Predictor
+    from tinysam_backend.quantization.runtime import OnnxSam, load_quantized
 
-    model = load_model(onnx_fp32_dir)
-    assert model.precision == "fp32"
+    model = load_quantized(onnx_fp32_dir, decoder="onnx")  # both ONNX graphs
+    assert isinstance(model, OnnxSam) and model.precision == "fp32"
     predictor = Predictor(model)
     for name, rgb in parity_images.items():
         emb = predictor.embed(rgb)
@@ -119,9 +120,10 @@ def test_onnx_fp32_export_matches_parity_fixtures(onnx_fp32_dir, parity_dir, par
 
 
 def test_onnx_decoder_handles_prompt_batches_and_mask_only(onnx_fp32_dir, parity_model):
-    from tinysam_backend import Predictor, load_model
+    from tinysam_backend import Predictor
+    from tinysam_backend.quantization.runtime import load_quantized
 
-    fp32, onnx_model = Predictor(parity_model), Predictor(load_model(onnx_fp32_dir))
+    fp32, onnx_model = Predictor(parity_model), Predictor(load_quantized(onnx_fp32_dir, decoder="onnx"))
     rgb = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     e1, e2 = fp32.embed(rgb), onnx_model.embed(rgb)
     boxes = np.array([[5, 5, 60, 40], [10, 20, 120, 90]], np.float64)
@@ -153,11 +155,14 @@ def int8_dir(parity_checkpoint, tmp_path_factory) -> Path:
 
 def test_int8_artifact_is_data_only_and_really_int8(int8_dir):
     import onnx
+    from safetensors.torch import load_file
 
     files = sorted(p.name for p in int8_dir.iterdir())
-    assert files == ["image_encoder.onnx", "mask_decoder.onnx", "quantization.json"]
+    assert files == ["image_encoder.onnx", "mask_decoder.onnx", "prompt_decoder.fp32.safetensors", "quantization.json"]
     meta = json.loads((int8_dir / "quantization.json").read_text())
     assert meta["precision"] == "int8" and meta["calibration"]["images"] == ["camera", "coins"]
+    fp32_side = load_file(str(int8_dir / meta["fp32_decoder"]))  # safetensors: tensors only, nothing executed
+    assert fp32_side and all(k.startswith(("prompt_encoder.", "mask_decoder.")) for k in fp32_side)
     for name in ("image_encoder.onnx", "mask_decoder.onnx"):
         graph = onnx.load(str(int8_dir / name)).graph
         ops = {n.op_type for n in graph.node}
@@ -178,10 +183,12 @@ def test_int8_graph_runs_int8_kernels(int8_dir, tmp_path):
     assert ops.count("QLinearConv") >= 10 and ops.count("MatMulIntegerToFloat") >= 20 and "MatMulInteger" in ops
 
 
-def test_int8_masks_close_to_fp32(int8_dir, parity_predictor, parity_images, parity_dir):
-    from tinysam_backend import Predictor, load_model
+@pytest.mark.parametrize("decoder", ["onnx", "fp32"])
+def test_int8_masks_close_to_fp32(int8_dir, parity_predictor, parity_images, parity_dir, decoder):
+    from tinysam_backend import Predictor
+    from tinysam_backend.quantization.runtime import load_quantized
 
-    q = Predictor(load_model(int8_dir))
+    q = Predictor(load_quantized(int8_dir, decoder=decoder))
     ious, score_err = [], []
     for name, rgb in parity_images.items():
         e_fp, e_q = parity_predictor.embed(rgb), q.embed(rgb)
@@ -196,3 +203,38 @@ def test_int8_masks_close_to_fp32(int8_dir, parity_predictor, parity_images, par
     # benchmark's target; the full recipe is measured by benchmarks/quantization_bench.py.
     assert np.mean(ious) >= 0.8, ious
     assert max(score_err) <= 0.1, score_err
+
+
+def test_int8_artifact_serves_int8_encoder_with_exact_fp32_decoder_by_default(int8_dir, parity_model, parity_dir,
+                                                                              tmp_path):
+    import shutil
+
+    import torch
+
+    from tinysam_backend import Predictor, load_model
+    from tinysam_backend.config import Settings
+    from tinysam_backend.errors import CheckpointError
+    from tinysam_backend.quantization.runtime import HybridSam, OnnxSam, load_quantized
+
+    model = load_model(int8_dir, settings=Settings())
+    assert isinstance(model, HybridSam) and model.precision == "int8"
+    assert Predictor(model).low_rank_decoder  # clicks go through the low-rank decoder
+    features = torch.from_numpy(np.load(parity_dir / "coffee_embedding.npy"))
+    prompts = (torch.tensor([[[300.0, 200.0], [500.0, 400.0]]]), torch.tensor([[1, 0]]))
+    with torch.inference_mode():
+        low, iou = model.decode(features, prompts)
+        ref_low, ref_iou = parity_model.decode(features, prompts)
+    assert torch.equal(iou, ref_iou) and torch.equal(low, ref_low)  # the same fp32 weights, the same arithmetic
+    assert isinstance(load_model(int8_dir, settings=Settings(quantized_decoder="onnx")), OnnxSam)
+    # An artifact without the fp32 weights (older `tinysam quantize`) serves its ONNX decoder, or says why not.
+    old = tmp_path / "old"
+    shutil.copytree(int8_dir, old)
+    (old / "prompt_decoder.fp32.safetensors").unlink()
+    meta = json.loads((old / "quantization.json").read_text())
+    del meta["fp32_decoder"]
+    (old / "quantization.json").write_text(json.dumps(meta))
+    assert isinstance(load_quantized(old), OnnxSam)
+    with pytest.raises(CheckpointError, match="no fp32 decoder weights"):
+        load_quantized(old, decoder="fp32")
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        load_quantized(int8_dir, decoder="int4")

@@ -47,7 +47,7 @@ from ..modeling.image_encoder_tinyvit import ConvBN, WindowAttention
 from ..modeling.sam import Sam
 from ..modeling.transformer import Attention
 from ..transforms import resize_image
-from .export import DECODER_FILE, ENCODER_FILE, artifact_metadata, export_onnx, write_metadata
+from .export import DECODER_FILE, ENCODER_FILE, artifact_metadata, export_onnx, write_fp32_decoder, write_metadata
 from .qdq import ACT_B_QMAX, ACT_B_QMIN, PointScales, write_qdq_model
 
 logger = logging.getLogger(__name__)
@@ -569,7 +569,8 @@ def calibration_image_paths(sources: Iterable[str | Path], limit: int = 8) -> li
 
 def quantize_model(sam: Sam, images: Sequence[np.ndarray], out_dir: str | Path,
                    cfg: CalibrationConfig = CalibrationConfig(), calibration_names: Sequence[str] = ()) -> Path:
-    """Calibrate and write the int8 artifact: two QDQ ONNX graphs + `quantization.json` (no pickle)."""
+    """Calibrate and write the int8 artifact: two QDQ ONNX graphs, `quantization.json` and the fp32 prompt
+    encoder / mask decoder weights as safetensors (no pickle anywhere)."""
     import onnx
 
     out = Path(out_dir)
@@ -583,7 +584,7 @@ def quantize_model(sam: Sam, images: Sequence[np.ndarray], out_dir: str | Path,
                         out / ENCODER_FILE)
         write_qdq_model(dec_fp32, {k: v for k, v in scales.items() if report[k]["graph"] == "decoder"},
                         out / DECODER_FILE)
-    meta = artifact_metadata(sam, "int8", calibration={
+    meta = artifact_metadata(sam, "int8", fp32_decoder=write_fp32_decoder(sam, out).name, calibration={
         "config": asdict(cfg), "images": list(calibration_names) or len(images),
         "objective": "diag Gauss-Newton of mask-logit Bernoulli KL + IoU squared error, per-point output error",
         "points": {k: {**report[k], **scales[k].to_json()} for k in scales}})

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..modeling.sam import Sam
 from .prompts import prompt_to_points  # noqa: F401  (re-exported: the graph's prompt layout)
-from .runtime import FORMAT_VERSION, METADATA_FILE
+from .runtime import FORMAT_VERSION, FP32_DECODER_FILE, METADATA_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,18 @@ def artifact_metadata(sam: Sam, precision: str, encoder_file: str = ENCODER_FILE
                              "padding": -1}, **extra}
 
 
+def write_fp32_decoder(sam: Sam, out_dir: str | Path) -> Path:
+    """The prompt encoder's and mask decoder's fp32 weights (safetensors: data only), which `load_quantized` serves
+    with the exact low-rank decoder next to the ONNX image encoder."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in sam.state_dict().items()
+             if k.startswith(("prompt_encoder.", "mask_decoder."))}
+    path = Path(out_dir) / FP32_DECODER_FILE
+    save_file(state, str(path))
+    return path
+
+
 def write_metadata(out_dir: Path, metadata: dict) -> Path:
     path = Path(out_dir) / METADATA_FILE
     path.write_text(json.dumps(metadata, indent=2))
@@ -156,5 +168,5 @@ def export_onnx(sam: Sam, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = export_image_encoder(sam, out / ENCODER_FILE), export_mask_decoder(sam, out / DECODER_FILE)
-    write_metadata(out, artifact_metadata(sam, "fp32"))
+    write_metadata(out, artifact_metadata(sam, "fp32", fp32_decoder=write_fp32_decoder(sam, out).name))
     return paths

@@ -1,9 +1,18 @@
 """Serving a TinySAM ONNX artifact (int8 QDQ or fp32) with ONNX Runtime's CPU provider.
 
-`load_quantized(dir)` reads `quantization.json` and the two graphs it names and returns `OnnxSam`, which has
-the model protocol `Predictor` uses (`image_size`, `preprocess`, `encode_image`, `decode`), so callers switch
-to the int8 model by path alone (`load_model(dir)`). This is the serving path: it imports neither the
-calibration code nor the ONNX exporter, and the artifact holds only ONNX graphs and JSON (no pickle).
+`load_quantized(dir)` reads `quantization.json` and the files it names. Callers switch to the int8 model by path
+alone (`load_model(dir)`); what they get depends on `decoder`:
+
+- "onnx": `OnnxSam`, both graphs in ONNX Runtime (the W8A8 decoder of an int8 artifact);
+- "fp32": `HybridSam`, the ONNX image encoder inside a `Sam` whose prompt encoder and mask decoder carry the
+  artifact's fp32 weights, so `Predictor` decodes with the exact low-rank decoder (`lowrank_decoder.py`). On CPUs
+  without int8 dot-product instructions it answers a click faster than the int8 graph (benchmarks/
+  quantization_bench.py), and with no quantization error on the prompt side;
+- "auto" (default, `TINYSAM_QUANTIZED_DECODER`): "fp32" when the artifact has the fp32 weights, else "onnx".
+
+Both have the model protocol `Predictor` uses (`image_size`, `preprocess`, `encode_image`, `decode`). This is the
+serving path: it imports neither the calibration code nor the ONNX exporter, and the artifact holds only ONNX
+graphs, JSON and safetensors (no pickle).
 """
 
 from __future__ import annotations
@@ -17,15 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import CheckpointError
-from ..modeling.sam import PIXEL_MEAN, PIXEL_STD
+from ..modeling.sam import PIXEL_MEAN, PIXEL_STD, Sam
 from .prompts import prompt_to_points
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "quantization.json"
+FP32_DECODER_FILE = "prompt_decoder.fp32.safetensors"
 FORMAT_VERSION = 1
+DECODER_CHOICES = ("auto", "fp32", "onnx")
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,40 @@ def create_session(path: Path, so=None):
                                 disabled_optimizers=list(DISABLED_OPTIMIZERS))
 
 
+def _run_encoder(session, x: torch.Tensor, s: int) -> torch.Tensor:
+    if tuple(x.shape) != (1, 3, s, s):
+        raise ValueError(f"encode_image expects a (1, 3, {s}, {s}) preprocessed image, got {tuple(x.shape)}")
+    arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+    (emb,) = session.run(None, {"image": arr})
+    return torch.from_numpy(emb)
+
+
+class OnnxImageEncoder(nn.Module):
+    """An ONNX Runtime image-encoder session as a module, so that a `Sam` can hold it."""
+
+    def __init__(self, session, img_size: int) -> None:
+        super().__init__()
+        self.session = session
+        self.img_size = img_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _run_encoder(self.session, x, self.img_size)
+
+
+class HybridSam(Sam):
+    """The artifact's ONNX image encoder (int8 for `tinysam quantize`) with the fp32 prompt encoder and mask
+    decoder: a `Sam`, so that `Predictor` uses the exact low-rank decoder."""
+
+    directory: Path
+    info: ArtifactInfo
+    metadata: dict
+
+    @property
+    def precision(self) -> str:
+        """The image encoder's precision ("int8" or "fp32"); the prompt side is fp32."""
+        return self.info.precision
+
+
 class OnnxSam:
     """TinySAM served from ONNX graphs; same protocol as `Sam` (see `tinysam_backend.predictor`).
 
@@ -128,12 +174,7 @@ class OnnxSam:
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed (1, 3, S, S) → image embeddings (1, 256, S/16, S/16)."""
-        s = self.image_size
-        if tuple(x.shape) != (1, 3, s, s):
-            raise ValueError(f"encode_image expects a (1, 3, {s}, {s}) preprocessed image, got {tuple(x.shape)}")
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        (emb,) = self.encoder.run(None, {"image": arr})
-        return torch.from_numpy(emb)
+        return _run_encoder(self.encoder, x, self.image_size)
 
     def decode(self, image_embeddings: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None = None,
                boxes: torch.Tensor | None = None, mask_input: torch.Tensor | None = None
@@ -161,10 +202,47 @@ class OnnxSam:
         return torch.from_numpy(low_res), torch.from_numpy(iou)
 
 
-def load_quantized(directory: str | Path, intra_op_threads: int = 0) -> OnnxSam:
-    """Load an artifact directory written by `tinysam quantize` (int8) or `tinysam export-onnx` (fp32)."""
+def load_quantized(directory: str | Path, intra_op_threads: int = 0, decoder: str = "auto") -> OnnxSam | HybridSam:
+    """Load an artifact directory written by `tinysam quantize` (int8) or `tinysam export-onnx` (fp32); `decoder`
+    as the module docstring says."""
     directory = Path(directory)
+    if decoder not in DECODER_CHOICES:
+        raise ValueError(f"decoder must be one of {DECODER_CHOICES}, got {decoder!r}")
     if not (directory / METADATA_FILE).is_file():
         raise CheckpointError(f"{directory} has no {METADATA_FILE}; expected a directory written by "
                               "`tinysam quantize` or `tinysam export-onnx`")
-    return OnnxSam(directory, intra_op_threads)
+    info, meta = ArtifactInfo.read(directory)
+    fp32_file = meta.get("fp32_decoder")
+    if decoder == "onnx" or (decoder == "auto" and not fp32_file):
+        return OnnxSam(directory, intra_op_threads)
+    if not fp32_file:
+        raise CheckpointError(f"{directory} has no fp32 decoder weights (artifacts from before they were added); "
+                              "re-run `tinysam quantize`, or serve its ONNX decoder (TINYSAM_QUANTIZED_DECODER=onnx)")
+    return _load_hybrid(directory, info, meta, intra_op_threads)
+
+
+def _load_hybrid(directory: Path, info: ArtifactInfo, meta: dict, intra_op_threads: int) -> HybridSam:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ..modeling.registry import build_sam
+
+    path = directory / str(meta["fp32_decoder"])
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+    base = build_sam(meta.get("variant", "vit_t"))
+    model = HybridSam(OnnxImageEncoder(create_session(directory / info.encoder_file, session_options(intra_op_threads)),
+                                       info.image_size), base.prompt_encoder, base.mask_decoder, base.variant)
+    expected = {k for k in model.state_dict() if k.startswith(("prompt_encoder.", "mask_decoder."))}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{path} does not fit the {base.variant} decoder: {e}") from e
+    model.directory, model.info, model.metadata = directory, info, meta
+    logger.info("loaded %s ONNX image encoder + fp32 decoder from %s", info.precision, directory)
+    return model.eval()
