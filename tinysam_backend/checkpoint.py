@@ -135,3 +135,14 @@ def load_model(checkpoint: str | Path | None = None, variant: str | None = None,
     load_state_dict_checked(model, state_dict, str(path))
     logger.info("loaded %s checkpoint %s", model.variant, path)
     return model.eval()
+
+
+def load_torch_model(checkpoint: str | Path | None = None, variant: str | None = None,
+                     settings: Settings | None = None) -> Sam:
+    """`load_model` for callers that need every weight in PyTorch (quantize, ONNX export, distillation): a quantized
+    artifact directory, whose image encoder is an ONNX graph, is refused with a clear error."""
+    path = resolve_checkpoint(checkpoint, settings)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a quantized ONNX artifact; this needs the fp32 state dict (.pth / .pt / "
+                              ".safetensors) it was made from")
+    return load_model(path, variant, settings)

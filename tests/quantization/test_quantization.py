@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +215,6 @@ def test_int8_artifact_serves_int8_encoder_with_exact_fp32_decoder_by_default(in
 
     from tinysam_backend import Predictor, load_model
     from tinysam_backend.config import Settings
-    from tinysam_backend.errors import CheckpointError
     from tinysam_backend.quantization.runtime import HybridSam, OnnxSam, load_quantized
 
     model = load_model(int8_dir, settings=Settings())
@@ -238,3 +239,14 @@ def test_int8_artifact_serves_int8_encoder_with_exact_fp32_decoder_by_default(in
         load_quantized(old, decoder="fp32")
     with pytest.raises(ValueError, match="decoder must be one of"):
         load_quantized(int8_dir, decoder="int4")
+
+
+def test_torch_only_callers_refuse_an_artifact_directory(int8_dir):
+    from tinysam_backend.checkpoint import load_torch_model
+
+    with pytest.raises(CheckpointError, match="quantized ONNX artifact"):
+        load_torch_model(int8_dir)
+    cli = subprocess.run([sys.executable, "-m", "tinysam_backend.cli", "export-onnx", "--checkpoint", str(int8_dir),
+                          "--out", str(int8_dir / "again")], capture_output=True, text=True, check=False)
+    assert cli.returncode != 0 and "quantized ONNX artifact" in cli.stderr
+    assert not (int8_dir / "again").exists()

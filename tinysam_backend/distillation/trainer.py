@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..checkpoint import load_model, load_state_dict_checked
+from ..checkpoint import load_state_dict_checked, load_torch_model
 from ..image_io import DEFAULT_MAX_PIXELS
 from ..modeling import Sam, build_sam
 from . import losses
@@ -312,7 +312,7 @@ def _load_student(cfg: DistillConfig) -> Sam:
     if cfg.student_init is None:
         torch.manual_seed(cfg.seed)  # identical scratch weights on every rank
         return build_sam(cfg.student_variant)
-    return load_model(cfg.student_init, variant=cfg.student_variant)
+    return load_torch_model(cfg.student_init, variant=cfg.student_variant)
 
 
 def distill(config: DistillConfig, teacher: Sam | None = None, student: Sam | None = None) -> Path:
@@ -330,7 +330,7 @@ def distill(config: DistillConfig, teacher: Sam | None = None, student: Sam | No
     if teacher is None:
         if cfg.teacher is None:
             raise ValueError("a teacher is required: give config.teacher (a checkpoint) or a teacher model")
-        teacher = load_model(cfg.teacher, variant=cfg.teacher_variant)
+        teacher = load_torch_model(cfg.teacher, variant=cfg.teacher_variant)
     if not isinstance(teacher, Sam):
         raise TypeError(f"teacher must be an fp32 Sam model, got {type(teacher).__name__}")
     teacher = teacher.to(d.device).eval().requires_grad_(False)

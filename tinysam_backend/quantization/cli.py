@@ -8,13 +8,11 @@ import logging
 import time
 from pathlib import Path
 
-from ..errors import CheckpointError
-
 logger = logging.getLogger(__name__)
 
 
 def cmd_quantize(args: argparse.Namespace, settings) -> int:
-    from ..checkpoint import load_model
+    from ..checkpoint import load_torch_model
     from ..image_io import load_image
     from .calibrate import (
         DEFAULT_CALIBRATION_IMAGES,
@@ -24,9 +22,7 @@ def cmd_quantize(args: argparse.Namespace, settings) -> int:
         quantize_model,
     )
 
-    sam = load_model(args.checkpoint, settings=settings)
-    if not hasattr(sam, "image_encoder"):
-        raise CheckpointError(f"{args.checkpoint} is already an ONNX artifact; quantize the fp32 state dict")
+    sam = load_torch_model(args.checkpoint, settings=settings)
     if args.calib:
         paths = calibration_image_paths(args.calib, args.num_images)
         images = [load_image(p, settings.max_image_pixels) for p in paths]
@@ -43,12 +39,10 @@ def cmd_quantize(args: argparse.Namespace, settings) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace, settings) -> int:
-    from ..checkpoint import load_model
+    from ..checkpoint import load_torch_model
     from .export import export_onnx
 
-    sam = load_model(args.checkpoint, settings=settings)
-    if not hasattr(sam, "image_encoder"):
-        raise CheckpointError(f"{args.checkpoint} is already an ONNX artifact; export the fp32 state dict")
+    sam = load_torch_model(args.checkpoint, settings=settings)
     enc, dec = export_onnx(sam, args.out)
     print(json.dumps({"out": str(Path(args.out)), "encoder": enc.name, "decoder": dec.name}))
     return 0
