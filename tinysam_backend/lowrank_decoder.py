@@ -267,22 +267,27 @@ class LowRankDecoder:
         self.ctx = context
 
     # ------------------------------------------------------------------ attention pieces
+    @staticmethod
+    def _image_scores(proj: nn.Linear, x: torch.Tensor, base: torch.Tensor, pe: torch.Tensor,
+                      tok: _Tokens) -> torch.Tensor:
+        """Scores (B, H·T, N) of prompt-side x (B, T, H, d), already scaled, against the image tokens projected by
+        `proj`: x · (dd ⊙ (F + Lᵀ R) W + P W + b)ᵀ, with F W = `base` and P W + b = `pe` (H, d, N) precomputed."""
+        if tok.dd is None:
+            return _scores(x, base + pe)
+        b, t, h, d = x.shape
+        r_proj = (tok.Rr @ proj.weight.T).view(b, -1, h, d)  # (B, r, H, d)
+        m = torch.einsum("brhd,bthd->bhtr", r_proj, x).reshape(b, h * t, -1)  # (B, H·T, r)
+        lowrank = _scores(x, base).baddbmm_(m, tok.Lr)
+        scores = _scores(x, pe)
+        return scores.addcmul_(lowrank, tok.dd[:, None, :])
+
     def _token_to_image(self, attn, stage: _Stage, tok: _Tokens, q_in: torch.Tensor) -> torch.Tensor:
         """attn(q = q_in, k = X + P, v = X) for prompt tokens q_in (B, T, C) → (B, T, C)."""
         b, t, _ = q_in.shape
         h = attn.num_heads
         q = attn.q_proj(q_in)
         d = q.shape[-1] // h
-        q = q.view(b, t, h, d) / math.sqrt(d)
-        if tok.dd is None:
-            scores = _scores(q, stage.key + stage.pe_key)
-        else:
-            rk = (tok.Rr @ attn.k_proj.weight.T).view(b, -1, h, d)  # (B, r, H, d)
-            m = torch.einsum("brhd,bthd->bhtr", rk, q).reshape(b, h * t, -1)  # (B, H·T, r)
-            lowrank = _scores(q, stage.key).baddbmm_(m, tok.Lr)
-            scores = _scores(q, stage.pe_key)
-            scores.addcmul_(lowrank, tok.dd[:, None, :])
-            del lowrank
+        scores = self._image_scores(attn.k_proj, q.view(b, t, h, d) / math.sqrt(d), stage.key, stage.pe_key, tok)
         p = scores.softmax(dim=-1)  # (B, H·T, N)
         del scores
         if tok.dd is not None:
@@ -301,17 +306,9 @@ class LowRankDecoder:
         h = attn.num_heads
         k = attn.k_proj(queries + query_pe)
         d = k.shape[-1] // h
-        k = k.view(b, t, h, d) / math.sqrt(d)
         v = attn.v_proj(queries).view(b, t, h, d)
-        if tok.dd is None:
-            scores = _scores(k, stage.query + stage.pe_query)
-        else:
-            rq = (tok.Rr @ attn.q_proj.weight.T).view(b, -1, h, d)  # (B, r, H, d)
-            m = torch.einsum("brhd,bthd->bhtr", rq, k).reshape(b, h * t, -1)
-            lowrank = _scores(k, stage.query).baddbmm_(m, tok.Lr)
-            scores = _scores(k, stage.pe_query)
-            scores.addcmul_(lowrank, tok.dd[:, None, :])
-            del lowrank
+        scores = self._image_scores(attn.q_proj, k.view(b, t, h, d) / math.sqrt(d), stage.query, stage.pe_query,
+                                    tok)
         n = scores.shape[-1]
         a = scores.view(b, h, t, n).softmax(dim=2)  # weights over the T tokens, per head
         del scores
