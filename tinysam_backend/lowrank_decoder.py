@@ -412,12 +412,7 @@ class LowRankDecoder:
         queries = point_embedding
         tok = self._start(point_embedding.shape[0], point_embedding.shape[1], mask_input)
         for i, layer in enumerate(tr.layers):
-            if layer.skip_first_layer_pe:
-                queries = layer.self_attn(queries, queries, queries)
-            else:
-                q = queries + point_embedding
-                queries = queries + layer.self_attn(q, q, queries)
-            queries = layer.norm1(queries)
+            queries = layer.self_attend(queries, point_embedding)
             queries = layer.norm2(queries + self._token_to_image(layer.cross_attn_token_to_image, self.ctx.stages[i],
                                                                  tok, queries + point_embedding))
             queries = layer.norm3(queries + layer.mlp(queries))
