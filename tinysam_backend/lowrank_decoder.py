@@ -100,9 +100,12 @@ def _per_head(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def _scores(x: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """Per-head products x (B, T, H, d) · rhs (H, d, N) → (B, H·T, N), written batch-major by one bmm per head."""
+    """Per-head products x (B, T, H, d) · rhs (H, d, N) → (B, H·T, N): one bmm over the heads for one prompt, else
+    written batch-major by one bmm per head."""
     b, t, h, d = x.shape
     n = rhs.shape[-1]
+    if b == 1:
+        return torch.bmm(x[0].transpose(0, 1), rhs).view(1, h * t, n)
     out = torch.empty((b, h, t, n))
     for i in range(h):
         torch.bmm(x[:, :, i], rhs[i].expand(b, d, n), out=out[:, i])
@@ -113,6 +116,8 @@ def _weighted_values(p: torch.Tensor, value: torch.Tensor, t: int) -> torch.Tens
     """Per-head p (B, H·T, N) · value (H, N, d) → (B, T, H, d)."""
     b, _, n = p.shape
     h, _, d = value.shape
+    if b == 1:
+        return torch.bmm(p[0].view(h, t, n), value).transpose(0, 1).unsqueeze(0)
     out = torch.empty((b, t, h, d))
     for i in range(h):
         torch.bmm(p[:, i * t:(i + 1) * t], value[i].expand(b, n, d), out=out[:, :, i])
@@ -130,6 +135,9 @@ class _Stage:
     value: torch.Tensor  # (H, N, d) F W_v
     query: torch.Tensor | None = None  # (H, d, N) F W_q of image→token attention
     pe_query: torch.Tensor | None = None  # (H, d, N) P W_q + b_q
+    # First layer only: key + pe_key and query + pe_query, the whole projection while the image tokens are F.
+    key_with_pe: torch.Tensor | None = None
+    query_with_pe: torch.Tensor | None = None
     # For the layer norm after image→token attention, per block of R in row order: ("attn", (H, d, N) products
     # F diag(s) W_o, (N,) product F (s ⊙ b_o)) or ("vec", (m, N) products F Vᵀ).
     block_products: list | None = None
@@ -137,7 +145,8 @@ class _Stage:
 
     def tensors(self) -> list[torch.Tensor]:
         out = [self.base_mean, self.base_sq, self.key, self.pe_key, self.value]
-        out += [t for t in (self.query, self.pe_query, self.mask_products) if t is not None]
+        out += [t for t in (self.query, self.pe_query, self.mask_products, self.key_with_pe, self.query_with_pe)
+                if t is not None]
         for block in self.block_products or []:
             out += list(block[1:])
         return out
@@ -184,6 +193,9 @@ class ImageContext:
                     pe_query=_per_head_t(pos @ i2t.q_proj.weight.T + i2t.q_proj.bias, i2t.num_heads),
                     mask_products=(base @ mask_rows.T).T.contiguous(),
                 )
+                if i == 0:
+                    stage.key_with_pe = stage.key + stage.pe_key
+                    stage.query_with_pe = stage.query + stage.pe_query
                 blocks.append(["attn", i, torch.ones(c)])
                 products = []
                 for blk in blocks:
@@ -269,11 +281,11 @@ class LowRankDecoder:
     # ------------------------------------------------------------------ attention pieces
     @staticmethod
     def _image_scores(proj: nn.Linear, x: torch.Tensor, base: torch.Tensor, pe: torch.Tensor,
-                      tok: _Tokens) -> torch.Tensor:
+                      tok: _Tokens, base_with_pe: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (B, H·T, N) of prompt-side x (B, T, H, d), already scaled, against the image tokens projected by
         `proj`: x · (dd ⊙ (F + Lᵀ R) W + P W + b)ᵀ, with F W = `base` and P W + b = `pe` (H, d, N) precomputed."""
         if tok.dd is None:
-            return _scores(x, base + pe)
+            return _scores(x, base + pe if base_with_pe is None else base_with_pe)
         b, t, h, d = x.shape
         r_proj = (tok.Rr @ proj.weight.T).view(b, -1, h, d)  # (B, r, H, d)
         m = torch.einsum("brhd,bthd->bhtr", r_proj, x).reshape(b, h * t, -1)  # (B, H·T, r)
@@ -287,7 +299,8 @@ class LowRankDecoder:
         h = attn.num_heads
         q = attn.q_proj(q_in)
         d = q.shape[-1] // h
-        scores = self._image_scores(attn.k_proj, q.view(b, t, h, d) / math.sqrt(d), stage.key, stage.pe_key, tok)
+        scores = self._image_scores(attn.k_proj, q.view(b, t, h, d) / math.sqrt(d), stage.key, stage.pe_key, tok,
+                                    stage.key_with_pe)
         p = scores.softmax(dim=-1)  # (B, H·T, N)
         del scores
         if tok.dd is not None:
@@ -308,7 +321,7 @@ class LowRankDecoder:
         d = k.shape[-1] // h
         v = attn.v_proj(queries).view(b, t, h, d)
         scores = self._image_scores(attn.q_proj, k.view(b, t, h, d) / math.sqrt(d), stage.query, stage.pe_query,
-                                    tok)
+                                    tok, stage.query_with_pe)
         n = scores.shape[-1]
         a = scores.view(b, h, t, n).softmax(dim=2)  # weights over the T tokens, per head
         del scores
@@ -351,10 +364,14 @@ class LowRankDecoder:
                 attn_layer += 1
                 h, d, _ = per_head.shape
                 t1 = v_folded.shape[2]
-                for i in range(h):
-                    torch.bmm(v_folded[:, i], per_head[i].expand(b, d, n), out=fr[:, row + i * t1:row + (i + 1) * t1])
+                if b == 1:
+                    torch.bmm(v_folded[0], per_head, out=fr[0, row:row + h * t1].view(h, t1, n))
+                else:
+                    for i in range(h):
+                        torch.bmm(v_folded[:, i], per_head[i].expand(b, d, n),
+                                  out=fr[:, row + i * t1:row + (i + 1) * t1])
                 row += h * t1
-                fr[:, row] = torch.einsum("hdn,bhd->bn", per_head, v_last) + bias
+                torch.addmm(bias, v_last.reshape(b, h * d), per_head.view(h * d, n), out=fr[:, row])
                 row += 1
             else:
                 fr[:, row:row + prod[0].shape[0]] = prod[0]
@@ -441,8 +458,11 @@ class LowRankDecoder:
         return _LowRankDecoded(self, queries, point_embedding, tok, iou)
 
     def decode(self, points: tuple[torch.Tensor, torch.Tensor] | None = None, boxes: torch.Tensor | None = None,
-               mask_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """As `Sam.decode` on this image: input-frame prompts → low-res logits (B, 3, 4h, 4w), IoU (B, 3)."""
+               mask_input: torch.Tensor | None = None, best_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `Sam.decode` on this image: input-frame prompts → low-res logits (B, 3, 4h, 4w), IoU (B, 3).
+
+        best_only: logits (B, 1, 4h, 4w) of each prompt's highest-IoU mask only (ties: the first), what a click
+        answers with; the mask heads then run for one mask per prompt instead of three."""
         with torch.inference_mode():
             sparse, _ = self.model.prompt_encoder(points, boxes, None)
             if sparse.shape[1] == 0:
@@ -452,31 +472,43 @@ class LowRankDecoder:
             used = [0] + list(range(2, 1 + self.model.mask_decoder.num_mask_tokens))  # IoU + multimask tokens
             hs = self.final(queries[:, used], point_embedding[:, used], tok)
             iou = self.model.mask_decoder.iou_prediction_head(hs[:, 0])[:, 1:]
-            low = torch.cat([self.masks(hs[i:i + _HEAD_CHUNK, 1:], tok.take(torch.arange(i, min(i + _HEAD_CHUNK, len(hs)))))
-                             for i in range(0, len(hs), _HEAD_CHUNK)])
-        return low, iou
+            which = iou.argmax(dim=1, keepdim=True) if best_only else None
+            chunks = []
+            for i in range(0, len(hs), _HEAD_CHUNK):
+                sel = slice(i, i + _HEAD_CHUNK)
+                hyper = self.hypernetworks(hs[sel, 1:], None if which is None else which[sel])
+                chunks.append(self.masks(hyper, tok.take(torch.arange(i, min(i + _HEAD_CHUNK, len(hs))))))
+        return torch.cat(chunks), iou
 
     # ------------------------------------------------------------------ heads
-    def masks(self, hs: torch.Tensor, tok: _Tokens) -> torch.Tensor:
-        """Low-res logits (B, 3, 4h, 4w) of the multimask outputs; hs (B, 3, C): the multimask tokens' outputs."""
+    def hypernetworks(self, hs: torch.Tensor, which: torch.Tensor | None = None) -> torch.Tensor:
+        """Hypernetwork outputs (B, k, C/8) of the multimask tokens' outputs hs (B, 3, C): all three (k = 3), or
+        the ones at the multimask indices `which` (B, k)."""
+        mlps = self.model.mask_decoder.output_hypernetworks_mlps
+        if which is None:
+            return torch.stack([mlps[i + 1](hs[:, i]) for i in range(hs.shape[1])], dim=1)
+        out = torch.empty((*which.shape, mlps[1].layers[-1].out_features))
+        for i in which.unique().tolist():
+            rows, cols = torch.nonzero(which == i, as_tuple=True)
+            out[rows, cols] = mlps[i + 1](hs[rows, i])
+        return out
+
+    def masks(self, hyper: torch.Tensor, tok: _Tokens) -> torch.Tensor:
+        """Low-res logits (B, k, 4h, 4w) of the masks whose hypernetwork outputs are hyper (B, k, C/8)."""
         dec = self.model.mask_decoder
         ctx = self.ctx
-        b = hs.shape[0]
+        b, k, _ = hyper.shape
         gh, gw = ctx.grid
         _, norm, act1, _, act2 = dec.output_upscaling
         # First transposed conv per image token, columns (i1, j1, channel): (B, N, 4·C/4).
         up = torch.baddbmm(ctx.up1_base.expand(b, -1, -1), tok.Lr.transpose(1, 2), tok.Rr @ ctx.up1_weight)
         up.mul_(tok.dd.unsqueeze(-1)).add_(ctx.up1_bias)
         c4 = norm.weight.shape[0]
-        up = torch.nn.functional.layer_norm(up.view(b, -1, c4), (c4,), norm.weight, norm.bias, norm.eps)
-        up = act1(up)  # (B, N·4, C/4), rows (y, x, i1, j1)
-        up = torch.matmul(up, ctx.up2_weight).add_(ctx.up2_bias)  # (B, N·4, 4·C/8), columns (i2, j2, channel)
-        up = act2(up)
+        up = torch.nn.functional.layer_norm(up.view(-1, c4), (c4,), norm.weight, norm.bias, norm.eps)
+        up = act1(up)  # (B·N·4, C/4), rows (b, y, x, i1, j1)
+        up = act2(torch.addmm(ctx.up2_bias, up, ctx.up2_weight))  # (B·N·4, 4·C/8), columns (i2, j2, channel)
         c8 = ctx.up2_weight.shape[1] // 4
-        hyper = torch.stack([dec.output_hypernetworks_mlps[i + 1](hs[:, i]) for i in range(hs.shape[1])],
-                            dim=1)  # (B, 3, C/8)
-        m = torch.bmm(up.view(b, -1, c8), hyper.transpose(1, 2))  # (B, N·16, 3), rows (y, x, i1, j1, i2, j2)
-        k = hyper.shape[1]
+        m = torch.bmm(up.view(b, -1, c8), hyper.transpose(1, 2))  # (B, N·16, k), rows (y, x, i1, j1, i2, j2)
         m = m.view(b, gh, gw, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return m.reshape(b, k, 4 * gh, 4 * gw)
 
@@ -502,6 +534,6 @@ class _LowRankDecoded:
                 sel = torch.as_tensor(prompts[start:start + _HEAD_CHUNK])
                 tok = self.tok.take(sel)
                 hs = self.decoder.final(self.queries[sel][:, mask_tokens], self.point_embedding[sel][:, mask_tokens], tok)
-                out.append(self.decoder.masks(hs, tok))
+                out.append(self.decoder.masks(self.decoder.hypernetworks(hs), tok))
             masks = torch.cat(out).reshape(-1, *self.mask_shape)  # (P·3, 256, 256)
         return masks[torch.as_tensor(inverse.reshape(-1) * 3 + flat_index % 3)]

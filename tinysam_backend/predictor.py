@@ -123,18 +123,21 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_batch(self, emb: ImageEmbedding, point_coords=None, point_labels=None, boxes=None, mask_input=None,
-                      return_masks: bool = True):
+                      return_masks: bool = True, best_only: bool = False):
         """Many prompts on one image.
 
         point_coords (B, N, 2) XY original pixels, point_labels (B, N), boxes (B, 4) XYXY, mask_input
         (B, 1, 256, 256). Returns masks (B, 3, H, W) bool or None, scores (B, 3), low-res logits (B, 3, 256, 256).
+        best_only: masks and logits of each prompt's highest-scoring mask only, (B, 1, …); scores stay (B, 3).
         """
         self._check_embedding(emb)
         points, box_t, mask_t = self.prompts_to_input(emb, point_coords, point_labels, boxes, mask_input)
         if emb.context is not None and (points is not None or box_t is not None):
-            low_res, iou = LowRankDecoder(self.model, context=emb.context).decode(points, box_t, mask_t)
+            low_res, iou = LowRankDecoder(self.model, context=emb.context).decode(points, box_t, mask_t, best_only)
         else:
             low_res, iou = self.model.decode(emb.features, points, box_t, mask_t)
+            if best_only:
+                low_res = torch.take_along_dim(low_res, iou.argmax(dim=1)[:, None, None, None], dim=1)
         masks = None
         if return_masks:
             masks = (upscale_logits(low_res, self.image_size, emb.input_size, emb.original_size) > MASK_THRESHOLD).numpy()

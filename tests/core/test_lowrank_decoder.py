@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -53,6 +55,40 @@ def test_equals_model_decode_parity_checkpoint(parity_model, parity_dir, kind):
     _assert_same_as_model(parity_model, features, _prompt_kinds(1024.0, 2, 2)[kind])
 
 
+@pytest.mark.parametrize("kind", ["point", "box_and_mask"])
+def test_best_only_is_the_highest_iou_mask(parity_model, parity_dir, kind):
+    features = torch.from_numpy(np.load(parity_dir / "astronaut_embedding.npy"))
+    prompt = _prompt_kinds(1024.0, 12, 5)[kind]
+    model = copy.deepcopy(parity_model)
+    decoder = LowRankDecoder(model, features)
+    _, iou = decoder.decode(**prompt)
+    # Random weights favour one mask for every prompt; centring the IoU head's outputs makes the best one vary.
+    with torch.no_grad():
+        model.mask_decoder.iou_prediction_head.layers[-1].bias[1:] -= iou.mean(dim=0) - iou.mean()
+    low, iou = decoder.decode(**prompt)
+    best_low, best_iou = decoder.decode(**prompt, best_only=True)
+    best = iou.argmax(dim=1)
+    assert len(best.unique()) > 1, "the prompts should not all pick the same mask"
+    assert best_low.shape == (12, 1, 256, 256)
+    torch.testing.assert_close(best_iou, iou)
+    torch.testing.assert_close(best_low[:, 0], low[torch.arange(12), best], atol=1e-4 * low.abs().max().item(),
+                               rtol=1e-4)
+
+
+def test_predictor_best_only_with_and_without_the_context(tiny_model):
+    image = np.random.default_rng(4).integers(0, 255, (70, 50, 3), dtype=np.uint8)
+    coords, labels = np.array([[[10.0, 20.0]], [[40.0, 60.0]], [[25.0, 5.0]]]), np.ones((3, 1))
+    for predictor in (Predictor(tiny_model), Predictor(tiny_model, low_rank_decoder=False)):
+        emb = predictor.embed(image)
+        masks, scores, low = predictor.predict_batch(emb, coords, labels)
+        best_masks, best_scores, best_low = predictor.predict_batch(emb, coords, labels, best_only=True)
+        pick = scores.argmax(axis=1)
+        np.testing.assert_array_equal(best_scores, scores)
+        assert best_masks.shape == (3, 1, 70, 50) and best_low.shape == (3, 1, 64, 64)
+        np.testing.assert_allclose(best_low[:, 0], low[np.arange(3), pick], atol=1e-4 * np.abs(low).max())
+        assert (best_masks[:, 0] != masks[np.arange(3), pick]).mean() < 1e-3
+
+
 def test_predictor_decodes_through_the_context_and_matches_model_decode(tiny_model):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
@@ -83,7 +119,7 @@ def test_unsupported_models_are_named_and_fall_back(tiny_model):
 
     assert "not a Sam" in unsupported_reason(Wrapped())
     assert Predictor(Wrapped()).low_rank_decoder is False
-    half = __import__("copy").deepcopy(tiny_model).half()
+    half = copy.deepcopy(tiny_model).half()
     assert "float16" in unsupported_reason(half)
     with pytest.raises(ValueError, match="point or box"):
         LowRankDecoder(tiny_model, torch.randn(1, tiny_model.mask_decoder.transformer_dim, 16, 16)).decode(mask_input=torch.zeros(1, 1, 64, 64))

@@ -1,6 +1,8 @@
-"""Brush RLE: byte-identical to label-studio-sdk's encoder, decodable by its decoder, round trips."""
+"""Brush RLE: byte-identical to label-studio-sdk's encoder, decodable by its decoder, round trips; its JSON."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from tinysam_backend.label_studio.brush_rle import (
     decode_brush_values,
     encode_brush_values,
     mask_to_brush_rle,
+    rle_json,
 )
 
 sdk_brush = pytest.importorskip("label_studio_sdk.converter.brush", reason="label-studio-sdk not installed")
@@ -38,7 +41,7 @@ def _masks():
 def test_same_bytes_as_label_studio_sdk(mask):
     ours = mask_to_brush_rle(mask)
     theirs = sdk_brush.mask2rle(mask.astype(np.uint8) * 255)
-    assert ours == theirs
+    assert ours.dtype == np.uint8 and ours.tolist() == theirs
     decoded = sdk_brush.decode_rle(ours).reshape(mask.shape[0], mask.shape[1], 4)
     assert np.array_equal(decoded[..., 3] > 0, mask)
     assert np.array_equal(brush_rle_to_mask(ours, *mask.shape), mask)
@@ -48,7 +51,8 @@ def test_same_bytes_as_label_studio_sdk(mask):
 @given(arrays(np.bool_, st.tuples(st.integers(1, 40), st.integers(1, 40))))
 def test_mask_round_trip(mask):
     rle = mask_to_brush_rle(mask)
-    assert all(0 <= b <= 255 for b in rle)
+    assert rle.dtype == np.uint8 and rle.ndim == 1
+    assert np.array_equal(brush_rle_to_mask(rle.tolist(), *mask.shape), mask)
     assert np.array_equal(brush_rle_to_mask(rle, *mask.shape), mask)
 
 
@@ -56,7 +60,7 @@ def test_mask_round_trip(mask):
 @given(arrays(np.uint8, st.integers(1, 300), elements=st.integers(0, 3)))
 def test_values_match_sdk_encoder(values):
     # Arbitrary value arrays exercise the single-value tokens the mask encoder never needs.
-    assert encode_brush_values(values) == sdk_brush.encode_rle(values)
+    assert encode_brush_values(values).tolist() == sdk_brush.encode_rle(values)
     assert np.array_equal(decode_brush_values(encode_brush_values(values)), values)
 
 
@@ -81,3 +85,12 @@ def test_truncated_and_lying_rle_are_refused():
         decode_brush_values([255, 255, 255, 255, 0x0E, 0x23, 0x7F, 0, 0, 0])
     with pytest.raises(BrushRLEError, match="byte values"):
         decode_brush_values([0, 300, 1])
+    with pytest.raises(BrushRLEError, match="byte values"):
+        decode_brush_values(np.array([0, 300, 1]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.uint8, st.integers(0, 400)))
+def test_rle_json_is_the_json_list(rle):
+    assert json.loads(rle_json(rle)) == rle.tolist()
+    assert rle_json(rle) == json.dumps(rle.tolist(), separators=(",", ":")).encode()

@@ -1,4 +1,4 @@
-"""The embedding cache: bounded in bytes, LRU, single flight per key, errors not cached."""
+"""The embedding cache: bounded in bytes, LRU, single flight per key, errors not cached; the request thread share."""
 
 from __future__ import annotations
 
@@ -94,3 +94,32 @@ def test_errors_reach_every_waiter_and_are_not_cached():
 def test_negative_bound_is_refused():
     with pytest.raises(ValueError, match="max_bytes must be >= 0"):
         SingleFlightCache(-1, len)
+
+
+def test_thread_share_gives_one_request_all_threads_and_splits_them_under_load():
+    import torch
+
+    from tinysam_backend.label_studio.backend import ThreadShare
+
+    share = ThreadShare(2)
+    inside, leave = threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+
+    def first() -> None:
+        with share.request() as n:
+            seen["first"] = n
+            seen["first_torch"] = torch.get_num_threads()
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert inside.wait(10)
+    with share.request() as n:  # a second request while the first is in flight
+        seen["second"] = n
+        seen["second_torch"] = torch.get_num_threads()
+    leave.set()
+    t.join(10)
+    with share.request() as n:  # alone again
+        seen["third"] = n
+    assert seen == {"first": 2, "first_torch": 2, "second": 1, "second_torch": 1, "third": 2}

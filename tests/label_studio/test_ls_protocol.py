@@ -1,7 +1,8 @@
-"""Pure protocol conversions: request parsing, context → prompt, percent → pixels, masks → brush regions."""
+"""Pure protocol conversions: request parsing, context → prompt, percent → pixels, masks → brush regions, JSON."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -9,11 +10,12 @@ import pytest
 from ls_helpers import keypoint, rectangle
 
 from tinysam_backend.errors import PromptError
-from tinysam_backend.label_studio.brush_rle import brush_rle_to_mask
+from tinysam_backend.label_studio.brush_rle import brush_rle_to_mask, mask_to_brush_rle
 from tinysam_backend.label_studio.label_config import LabelConfigError, parse_label_config
 from tinysam_backend.label_studio.protocol import (
     RequestError,
     brush_region,
+    dumps,
     parse_predict_request,
     prediction,
     prompt_from_context,
@@ -156,3 +158,17 @@ def test_resize_mask_nearest():
     out = resize_mask_nearest(mask, (8, 6))
     assert out.shape == (8, 6)
     assert out[:4, :3].all() and not out[4:, :].any() and not out[:, 3:].any()
+
+
+def test_dumps_writes_rle_arrays_as_lists():
+    rng = np.random.default_rng(3)
+    rles = [mask_to_brush_rle(rng.random((30, 40)) < 0.5), mask_to_brush_rle(np.ones((5, 5), bool))]
+    body = {"results": [{"result": [{"value": {"format": "rle", "rle": rle}, "note": 'say "rle-" and \\ ü'}
+                                    for rle in rles]}],
+            "model_version": "v", "tricky": "rle-0"}
+    got = json.loads(dumps(body))
+    assert [r["value"]["rle"] for r in got["results"][0]["result"]] == [r.tolist() for r in rles]
+    assert got["results"][0]["result"][1]["note"] == 'say "rle-" and \\ ü' and got["tricky"] == "rle-0"
+    assert json.loads(dumps({"a": [1, 2.5, None]})) == {"a": [1, 2.5, None]}
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        dumps({"a": np.zeros(3, np.float32)})

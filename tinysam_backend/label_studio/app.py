@@ -28,7 +28,7 @@ from ..errors import TinySAMError
 from .backend import SegmentationBackend, model_version_for
 from .images import ImageFetchError
 from .label_config import LabelConfigError, parse_label_config
-from .protocol import RequestError, parse_predict_request
+from .protocol import RequestError, dumps, parse_predict_request
 from .settings import LabelStudioSettings
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def build_backend(settings: Settings, ls_settings: LabelStudioSettings) -> Segme
 
 
 def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(json.dumps(body), status=status, mimetype="application/json", headers=headers)
+    return Response(dumps(body), status=status, mimetype="application/json", headers=headers)
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> Response:

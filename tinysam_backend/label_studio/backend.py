@@ -8,8 +8,10 @@ same task refines the previous mask (SAM's `mask_input`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +57,31 @@ def model_version_for(checkpoint: str | None, override: str | None = None) -> st
     return f"tinysam-{name}"
 
 
+class ThreadShare:
+    """Shares the worker's torch intra-op threads among the requests in flight.
+
+    One request alone gets all of them; with n in flight each new one gets `threads // n` (at least 1), so that
+    threads in use stay near the cores instead of `threads × requests` (oversubscribed OpenMP threads spin and
+    slow every request down). Counts are per process: one gunicorn worker shares its own threads."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, threads)
+        self._lock = threading.Lock()
+        self._active = 0
+
+    @contextlib.contextmanager
+    def request(self):
+        with self._lock:
+            self._active += 1
+            share = max(1, self.threads // self._active)
+        torch.set_num_threads(share)  # this request thread's own OpenMP / MKL thread count
+        try:
+            yield share
+        finally:
+            with self._lock:
+                self._active -= 1
+
+
 class SegmentationBackend:
     """Answers `/predict` requests with a shared, stateless `Predictor`. Safe to call from many threads."""
 
@@ -69,6 +96,7 @@ class SegmentationBackend:
         self.refine_logits: SingleFlightCache[np.ndarray] = SingleFlightCache(
             settings.refine_entries * LOGITS_BYTES, lambda a: a.nbytes)
         self.pre_annotations: SingleFlightCache[list] = SingleFlightCache(PRE_ANNOTATION_CACHE_BYTES, _regions_bytes)
+        self.thread_share = ThreadShare(torch.get_num_threads())  # what gunicorn's post_worker_init set
         if settings.batch_enabled:  # a bad TINYSAM_LS_BATCH_* value fails at start-up, not on the first batch
             from ..everything import EverythingParams
 
@@ -80,6 +108,10 @@ class SegmentationBackend:
     # ---------------------------------------------------------------------------------------------- requests
     def predict(self, request: PredictRequest) -> dict:
         """A parsed `/predict` request → the response body `{"results": [...], "model_version": v}`."""
+        with self.thread_share.request():
+            return self._predict(request)
+
+    def _predict(self, request: PredictRequest) -> dict:
         config = parse_label_config(request.label_config)
         if request.context_regions is not None:
             results = [self.interactive(task, request.context_regions, config) for task in request.tasks[:1]]
@@ -123,15 +155,15 @@ class SegmentationBackend:
         mask_input = None
         if previous is not None:
             mask_input = self.refine_logits.get((str(task_key), image_key, previous))
-        # The three low-res masks, then only the best one upscaled to the image (what `predict` would give for it).
+        # The low-res logits of the best of the three masks, upscaled to the image (what `predict` gives for it).
         _, scores, low_res = self.predictor.predict_batch(
             emb, None if coords is None else coords[None], None if labels is None else labels[None],
-            None if box is None else box[None], None if mask_input is None else mask_input[None], return_masks=False)
-        best = int(np.argmax(scores[0]))
-        logits = torch.from_numpy(low_res[:, best:best + 1])
-        mask = upscale_logits(logits, self.predictor.image_size, emb.input_size, emb.original_size)[0, 0]
-        self.refine_logits.put((str(task_key), image_key, prompt.history), low_res[0, best][None].copy())
-        return (mask > MASK_THRESHOLD).numpy(), float(scores[0, best])
+            None if box is None else box[None], None if mask_input is None else mask_input[None], return_masks=False,
+            best_only=True)
+        mask = upscale_logits(torch.from_numpy(low_res), self.predictor.image_size, emb.input_size,
+                              emb.original_size)[0, 0]
+        self.refine_logits.put((str(task_key), image_key, prompt.history), low_res[0])
+        return (mask > MASK_THRESHOLD).numpy(), float(scores[0].max())
 
     def pre_annotate(self, task: dict, config: LabelConfig) -> dict:
         """Everything mode on every Image of the task that has a brush tag: one brush region per mask."""
@@ -185,4 +217,4 @@ class SegmentationBackend:
 
 
 def _regions_bytes(regions: list) -> int:
-    return 1024 + sum(8 * len(r["value"]["rle"]) + 512 for r in regions)
+    return 1024 + sum(r["value"]["rle"].nbytes + 512 for r in regions)
