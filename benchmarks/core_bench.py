@@ -98,6 +98,10 @@ def measure(args) -> dict:
         "click": lambda: predictor.predict(emb, [[500, 400]], [1]),
         "refine_model": lambda: plain.predict(emb_plain, **refine),
         "refine": lambda: predictor.predict(emb, **refine),
+        # What the Label Studio backend runs per click: the best of the three masks only.
+        "click_best": lambda: predictor.predict_batch(emb, [[[500, 400]]], [[1]], best_only=True),
+        "refine_best": lambda: predictor.predict_batch(emb, [refine["point_coords"]], [refine["point_labels"]],
+                                                       mask_input=low[None, :1], best_only=True),
     }, args.runs * 4)
     from tinysam_backend.lowrank_decoder import ImageContext
 
@@ -162,7 +166,9 @@ def main() -> None:
             ("embed incl. resize/normalise + decoder context", "embed"), ("  of which: decoder context", "context"),
             ("single click predict, Sam.decode", "click_model"), ("single click predict, low-rank decoder", "click"),
             ("refine (3 points + mask), Sam.decode", "refine_model"),
-            ("refine (3 points + mask), low-rank decoder", "refine"), ("click + box predict, low-rank", "click_box"),
+            ("refine (3 points + mask), low-rank decoder", "refine"),
+            ("single click, best mask only, low-rank", "click_best"), ("refine, best mask only, low-rank", "refine_best"),
+            ("click + box predict, low-rank", "click_box"),
             ("batch of 64, per prompt, Sam.decode", "batch64_model"), ("batch of 64, per prompt, low-rank", "batch64")]
     for label, key in rows:
         d, t = med["default"][key] * 1000, med["tuned"][key] * 1000

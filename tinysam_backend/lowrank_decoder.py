@@ -25,12 +25,15 @@ convolution from 16 channels, so its dense embedding is F minus the "no mask" em
 Two more savings, also exact: the last token-to-image attention only for the tokens whose outputs are used
 (IoU token and the three multimask tokens; in the everything mode first the IoU token alone), and the mask
 tokens' last attention and the upscaling heads only for prompts with a mask asked for (`low_res` of the decoded
-batch), since the everything mode's IoU filter runs first. The heads run as matrix
+batch), since the everything mode's IoU filter runs first; a click (`decode(..., best_only=True)`) runs the
+hypernetwork and the last product for its highest-IoU mask only. The heads run as matrix
 products in a pixel-major layout, so the 32-channel output is reduced by the hypernetwork before any
 reshuffling. Results equal `Sam.decode` up to float32 rounding (tests/core/test_lowrank_decoder.py).
 
 Layouts: L is kept as (B, r, N) (one row per rank, image tokens contiguous), attention scores as
-(B, heads, T, N), per-head precomputed products as (heads, N, d).
+(B, heads, T, N), per-head precomputed products as (heads, N, d) or (heads, d, N). For one prompt the
+per-head products are one bmm over the heads (the (B, H·T, N) layout is then (H, T, N)); for a batch, one bmm
+per head writes them batch-major.
 """
 
 from __future__ import annotations
@@ -477,8 +480,9 @@ class LowRankDecoder:
             for i in range(0, len(hs), _HEAD_CHUNK):
                 sel = slice(i, i + _HEAD_CHUNK)
                 hyper = self.hypernetworks(hs[sel, 1:], None if which is None else which[sel])
-                chunks.append(self.masks(hyper, tok.take(torch.arange(i, min(i + _HEAD_CHUNK, len(hs))))))
-        return torch.cat(chunks), iou
+                part = tok if len(hs) <= _HEAD_CHUNK else tok.take(torch.arange(i, min(i + _HEAD_CHUNK, len(hs))))
+                chunks.append(self.masks(hyper, part))
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks), iou
 
     # ------------------------------------------------------------------ heads
     def hypernetworks(self, hs: torch.Tensor, which: torch.Tensor | None = None) -> torch.Tensor:
