@@ -51,15 +51,15 @@ def main() -> None:
         listed = rle.tolist()
         assert listed == sdk_brush.mask2rle(mask.astype(np.uint8) * 255)
         assert json.loads(rle_json(rle)) == listed
-        ours = _median_ms(lambda: mask_to_brush_rle(mask), args.runs)
-        sdk = _median_ms(lambda: sdk_brush.mask2rle(mask.astype(np.uint8) * 255), max(1, args.runs // 10))
-        dumps = _median_ms(lambda: json.dumps(listed), args.runs)
-        table = _median_ms(lambda: rle_json(rle), args.runs)
+        ours = _median_ms(lambda m=mask: mask_to_brush_rle(m), args.runs)
+        sdk = _median_ms(lambda m=mask: sdk_brush.mask2rle(m.astype(np.uint8) * 255), max(1, args.runs // 10))
+        dumps = _median_ms(lambda v=listed: json.dumps(v), args.runs)
+        table = _median_ms(lambda r=rle: rle_json(r), args.runs)
         print(f"{name}: {len(rle)} RLE bytes")
         print(f"  encode: mask_to_brush_rle {ours:.2f} ms, label-studio-sdk mask2rle {sdk:.1f} ms "
               f"(ratio {ours / sdk:.3f}; same bytes)")
         if before is not None:
-            old = _median_ms(lambda: before.mask_to_brush_rle(mask), args.runs)
+            old = _median_ms(lambda m=mask: before.mask_to_brush_rle(m), args.runs)
             assert list(before.mask_to_brush_rle(mask)) == listed
             print(f"  encode: before {old:.2f} ms, now {ours:.2f} ms (ratio {ours / old:.2f}; same bytes)")
         print(f"  JSON:   rle_json {table:.2f} ms, json.dumps of the list {dumps:.2f} ms (ratio {table / dumps:.2f})")
