@@ -14,21 +14,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import time
 
 import numpy as np
+from core_bench import _median_time  # benchmarks/ is on sys.path when run as a script
 
 from tinysam_backend.label_studio.brush_rle import mask_to_brush_rle, rle_json
 
 
 def _median_ms(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1000
+    return _median_time(fn, runs) * 1000
 
 
 def main() -> None:
