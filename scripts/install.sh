@@ -14,4 +14,6 @@ python -m pip install -q -e ".[quant,labelstudio,dev]"
 for part in .ci/quantization.sh .ci/fiftyone.sh .ci/label_studio.sh; do
   if [ -f "$part" ]; then bash "$part"; fi
 done
+# Debian's nginx for the replica routing test and deploy/ (only where apt-get is there; idempotent).
+if command -v apt-get >/dev/null 2>&1 && [ -f .ci/nginx.sh ]; then bash .ci/nginx.sh; fi
 echo "installed: $(python -c 'import torch, tinysam_backend; print("torch", torch.__version__, "tinysam-backend", tinysam_backend.__version__)')"

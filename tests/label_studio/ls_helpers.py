@@ -110,13 +110,13 @@ class Served:
 
 
 def serve(checkpoint: Path, env_extra: dict, log: Path, workers: int = 1, threads: int = 4,
-          ready_timeout: float = 180.0) -> Served:
+          ready_timeout: float = 180.0, args: tuple[str, ...] = ()) -> Served:
     """Start `tinysam serve` and wait until /health says the model is ready."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "TINYSAM_LS_", "BASIC_AUTH"))}
     env.update({"TINYSAM_CHECKPOINT": str(checkpoint), **env_extra})
     cmd = [sys.executable, "-m", "tinysam_backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", str(workers), "--threads", str(threads)]
+           "--workers", str(workers), "--threads", str(threads), *args]
     handle = log.open("w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
     served = Served(proc, f"http://127.0.0.1:{port}", log)

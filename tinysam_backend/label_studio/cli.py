@@ -8,16 +8,19 @@ import sys
 
 from ..config import Settings
 
-APP = "tinysam_backend.label_studio.app:create_app()"
+APP_FACTORY = "tinysam_backend.label_studio.bridge:create_asgi_app"
 CONFIG = "python:tinysam_backend.label_studio.gunicorn_conf"
 
 
-def gunicorn_argv(host: str, port: int, workers: int, threads: int, timeout: int, log_level: str) -> list[str]:
-    """The gunicorn command line `tinysam serve` runs."""
+def gunicorn_argv(host: str, port: int, workers: int, threads: int, timeout: int, log_level: str,
+                  request_timeout: float = 5.0) -> list[str]:
+    """The gunicorn command line `tinysam serve` runs: the asgi worker of gunicorn_conf, the app factory called with
+    the threads per worker and the request deadline (gunicorn passes literal arguments to it)."""
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    app = f"{APP_FACTORY}(threads={int(threads)}, request_timeout={float(request_timeout)!r})"
     return [sys.executable, "-m", "gunicorn", "-c", CONFIG, "--bind", f"{bind_host}:{port}",
-            "--workers", str(workers), "--threads", str(threads), "--timeout", str(timeout),
-            "--log-level", log_level, "--access-logfile", "-", APP]
+            "--workers", str(workers), "--timeout", str(timeout),
+            "--log-level", log_level, "--access-logfile", "-", app]
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -33,9 +36,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if not _has_module("gunicorn"):
         print("error: gunicorn is not installed (pip install 'tinysam-backend[labelstudio]')", file=sys.stderr)
         return 2
-    argv = gunicorn_argv(args.host, args.port, args.workers, args.threads, args.timeout, args.log_level)
+    argv = gunicorn_argv(args.host, args.port, args.workers, args.threads, args.timeout, args.log_level,
+                         args.request_timeout)
     print(f"serving the Label Studio ML backend on http://{args.host}:{args.port} "
-          f"({args.workers} worker(s) x {args.threads} threads)", file=sys.stderr, flush=True)
+          f"({args.workers} worker(s) x {args.threads} threads; requests must arrive within "
+          f"{args.request_timeout:g} s)", file=sys.stderr, flush=True)
     os.execve(argv[0], argv, env)
     return 0  # not reached
 
@@ -56,6 +61,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from e
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0.1 and 3600, got {text}")
+    return value
+
+
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve the Label Studio ML backend (gunicorn)",
                               description="Serve TinySAM as a Label Studio ML backend. Connect it in Label Studio: "
@@ -65,7 +80,12 @@ def register_cli(subparsers) -> None:
     p.add_argument("--port", type=_positive, default=9090)
     p.add_argument("--workers", type=_positive, default=1,
                    help="worker processes; each loads the model and keeps its own embedding cache")
-    p.add_argument("--threads", type=_positive, default=4, help="threads per worker (share its model and cache)")
+    p.add_argument("--threads", type=_positive, default=4,
+                   help="prediction threads per worker (share its model and cache); requests are read by the worker's "
+                        "event loop, not by these threads")
+    p.add_argument("--request-timeout", type=_seconds, default=5.0,
+                   help="seconds a request's headers may take to arrive after connecting, and its body after its "
+                        "headers; a slower one is answered 408 and dropped (default 5)")
     p.add_argument("--timeout", type=_positive, default=120, help="seconds before an unresponsive worker is restarted")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--checkpoint", help="state dict or quantized dir (default: TINYSAM_CHECKPOINT)")

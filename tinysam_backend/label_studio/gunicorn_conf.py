@@ -1,5 +1,10 @@
 """gunicorn settings for the Label Studio backend: `gunicorn -c python:tinysam_backend.label_studio.gunicorn_conf
-'tinysam_backend.label_studio.app:create_app()'` (what `tinysam serve` runs; bind/workers/threads come as flags).
+'tinysam_backend.label_studio.bridge:create_asgi_app(threads=4, request_timeout=5.0)'` (what `tinysam serve` runs;
+bind/workers come as flags, threads and the request deadline as arguments of the app factory).
+
+Workers are gunicorn's asgi worker with a header deadline (`worker.DeadlineASGIWorker`): requests are read on the
+worker's event loop and only complete ones reach the Flask app's thread pool (`bridge.WSGIBridge`), so slow clients
+hold no prediction thread.
 
 The model is loaded in each worker after fork (`post_worker_init`), never with `--preload`: torch in a forked
 child of a process that already used it can hang, and CUDA breaks. torch's intra-op threads are sized so that
@@ -10,13 +15,15 @@ from __future__ import annotations
 
 import os
 
-# gthread workers: the threads of one worker share its model and its embedding cache.
-worker_class = "gthread"
-threads = 4
+# asyncio workers reading every request, then a pool of threads (the app factory's `threads`) running the app: the
+# threads of one worker share its model and its embedding cache.
+worker_class = "tinysam_backend.label_studio.worker.DeadlineASGIWorker"
 # Label Studio waits 100 s for /predict; a worker that stops answering its arbiter for longer is restarted.
 timeout = 120
 graceful_timeout = 30
 keepalive = 5
+# Open connections per worker (slow or idle ones included; each costs a coroutine and a file descriptor, no thread).
+worker_connections = 1000
 # Header limits (gunicorn has none for bodies; the app caps them with MAX_CONTENT_LENGTH).
 limit_request_line = 8190
 limit_request_fields = 100
@@ -48,6 +55,9 @@ def post_worker_init(worker) -> None:
     n = torch_threads_for(worker.cfg.workers, Settings.from_env().torch_threads, os.cpu_count())
     torch.set_num_threads(n)
     worker.log.info("worker %s: torch threads %d; loading the model", worker.pid, n)
-    slot = worker.wsgi.extensions.get("tinysam") if hasattr(worker.wsgi, "extensions") else None
+    app = getattr(worker, "asgi", None) or getattr(worker, "wsgi", None)
+    flask_app = getattr(app, "application", app)  # bridge.WSGIBridge wraps the Flask app
+    extensions = getattr(flask_app, "extensions", None)
+    slot = extensions.get("tinysam") if isinstance(extensions, dict) else None
     if slot is not None:
         slot.start_loading()
