@@ -22,6 +22,11 @@ class Settings:
     max_image_pixels: `TINYSAM_MAX_IMAGE_PIXELS`, larger images are refused (decompression bombs).
     quantized_decoder: `TINYSAM_QUANTIZED_DECODER`, the prompt side of a quantized artifact: "auto" (its fp32
     weights with the low-rank decoder when present), "fp32" (those, or an error) or "onnx" (its ONNX graph).
+    device / engine / precision: `TINYSAM_DEVICE` ("auto", "cpu", "cuda", "cuda:N"), `TINYSAM_ENGINE` ("auto",
+    "torch", "openvino", "onnxruntime"), `TINYSAM_PRECISION` ("auto", "fp32", "bf16", "fp16", "int8"): what
+    `load_model` runs the model on and with (`tinysam_backend.engines`); "auto" picks by the host's facts.
+    max_cpu_isa: `TINYSAM_MAX_CPU_ISA`, else `ONEDNN_MAX_CPU_ISA` (oneDNN's own cap, e.g. "AVX2"): CPU features
+    above this level are ignored when "auto" chooses, so an emulated AVX2-only host chooses as a real one would.
 
     One variable is read before this exists: `TINYSAM_MALLOC_TUNING` (`allocator.py`), which decides whether
     the process re-executes itself with malloc settings before anything else runs.
@@ -32,6 +37,10 @@ class Settings:
     torch_threads: int = 0
     max_image_pixels: int = 100_000_000
     quantized_decoder: str = "auto"
+    device: str = "auto"
+    engine: str = "auto"
+    precision: str = "auto"
+    max_cpu_isa: str | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -43,4 +52,8 @@ class Settings:
             torch_threads=int(env.get("TINYSAM_TORCH_THREADS", "0") or 0),
             max_image_pixels=int(env.get("TINYSAM_MAX_IMAGE_PIXELS", str(cls.max_image_pixels))),
             quantized_decoder=env.get("TINYSAM_QUANTIZED_DECODER", cls.quantized_decoder).strip().lower() or "auto",
+            device=env.get("TINYSAM_DEVICE", "").strip().lower() or "auto",
+            engine=env.get("TINYSAM_ENGINE", "").strip().lower() or "auto",
+            precision=env.get("TINYSAM_PRECISION", "").strip().lower() or "auto",
+            max_cpu_isa=(env.get("TINYSAM_MAX_CPU_ISA") or env.get("ONEDNN_MAX_CPU_ISA") or "").strip().upper() or None,
         )
