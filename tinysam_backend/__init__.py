@@ -1,8 +1,8 @@
 """tinysam-backend: TinySAM (Shu et al., 2312.13789) for Label Studio and FiftyOne.
 
 Public API (imported lazily, so `import tinysam_backend` loads nothing heavy):
-`load_model`, `Predictor`, `ImageEmbedding`, `load_image`, `segment_everything`,
-`auto_mask`, `mask_from_boxes`, `evaluate_masks`.
+`load_model`, `Predictor`, `ImageEmbedding`, `load_image`, `segment_everything`.
+The front ends are packages of their own: `tinysam_backend.label_studio`, `tinysam_backend.fiftyone_adapter`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ _EXPORTS = {
     "load_image": "tinysam_backend.image_io",
     "Settings": "tinysam_backend.config",
     "segment_everything": "tinysam_backend.everything",
-    "auto_mask": "tinysam_backend.fiftyone_adapter",
-    "mask_from_boxes": "tinysam_backend.fiftyone_adapter",
-    "evaluate_masks": "tinysam_backend.fiftyone_adapter",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TinySAMError
+from .masks import DEFAULT_PROMPTS_PER_BATCH as DEFAULT_BOXES_PER_BATCH
 
 logger = logging.getLogger(__name__)
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-DEFAULT_BOXES_PER_BATCH = 16
 
 
 def load_detections(path_or_list, min_score: float = 0.0) -> dict[int, list[dict]]:
@@ -65,15 +65,17 @@ def segment_detections(predictor, image, detections: Sequence[dict], *,
     Each result keeps the detection's image_id, category_id and score, and adds `predicted_iou` (the best of
     the three masks, chosen by predicted IoU).
     """
-    from .fiftyone_adapter import mask_to_rle, masks_for_boxes
+    from .everything.postprocess import encode_rle
+    from .masks import best_masks_for_prompts
 
     if not detections:
         return []
     emb = predictor.embed(image)
-    masks, scores = masks_for_boxes(predictor, emb, xywh_to_xyxy([d["bbox"] for d in detections]), boxes_per_batch)
-    return [{"image_id": det["image_id"], "category_id": det["category_id"], "segmentation": mask_to_rle(mask),
+    masks, scores = best_masks_for_prompts(predictor, emb, boxes=xywh_to_xyxy([d["bbox"] for d in detections]),
+                                           prompts_per_batch=boxes_per_batch)
+    return [{"image_id": det["image_id"], "category_id": det["category_id"], "segmentation": rle,
              "score": det["score"], "predicted_iou": float(score)}
-            for det, mask, score in zip(detections, masks, scores)]
+            for det, rle, score in zip(detections, encode_rle(masks), scores)]
 
 
 def mask_ap(coco_gt, results: list[dict], image_ids: Sequence[int] | None = None) -> dict:
@@ -111,7 +113,7 @@ def evaluate_coco(images_dir, annotations, boxes, *, checkpoint=None, predictor=
     from pycocotools.coco import COCO
     from tqdm import tqdm
 
-    from .image_io import load_image
+    from .image_io import DEFAULT_MAX_PIXELS, load_image
 
     images_dir = Path(images_dir)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -137,7 +139,7 @@ def evaluate_coco(images_dir, annotations, boxes, *, checkpoint=None, predictor=
         if not image_dets:
             continue
         info = coco_gt.loadImgs(image_id)[0]
-        image = load_image(images_dir / info["file_name"], getattr(predictor, "max_image_pixels", 100_000_000))
+        image = load_image(images_dir / info["file_name"], getattr(predictor, "max_image_pixels", DEFAULT_MAX_PIXELS))
         if image.shape[:2] != (info["height"], info["width"]):
             raise TinySAMError(f"image {info['file_name']} is {image.shape[1]}x{image.shape[0]}, the annotations "
                                f"say {info['width']}x{info['height']}")

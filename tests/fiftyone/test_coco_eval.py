@@ -9,7 +9,7 @@ import pytest
 
 from tinysam_backend.coco_eval import load_detections, mask_ap, segment_detections, xywh_to_xyxy
 from tinysam_backend.errors import TinySAMError
-from tinysam_backend.fiftyone_adapter import mask_to_rle
+from tinysam_backend.everything.postprocess import decode_rle, encode_rle
 
 COCO_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
@@ -32,7 +32,7 @@ def _coco(images, annotations, n_categories):
 def _gt_annotation(ann_id, image_id, category_id, mask):
     from pycocotools import mask as mask_utils
 
-    rle = mask_to_rle(mask)
+    rle = encode_rle(np.asarray(mask)[None])[0]
     return {"id": ann_id, "image_id": image_id, "category_id": category_id, "segmentation": rle,
             "area": float(mask.sum()), "bbox": [float(v) for v in mask_utils.toBbox(
                 {"size": rle["size"], "counts": rle["counts"].encode()})], "iscrowd": 0}
@@ -53,7 +53,7 @@ def test_mask_ap_of_shifted_squares_is_the_counted_thresholds():
         square = np.zeros((h, w), bool)
         square[10:30, 10:30] = True
         gts.append(_gt_annotation(i + 1, i + 1, i + 1, square))
-        results.append({"image_id": i + 1, "category_id": i + 1, "segmentation": mask_to_rle(_shift(square, dx)),
+        results.append({"image_id": i + 1, "category_id": i + 1, "segmentation": encode_rle(_shift(square, dx)[None])[0],
                         "score": 0.9})
         ious.append((20 - dx) / (20 + dx))
     stats = mask_ap(_coco(images, gts, len(shifts)), results)
@@ -125,10 +125,8 @@ def _eval_cli(tmp_path, coco_dir, annotations, checkpoint):
 
 
 def test_eval_coco_cli_self_and_shifted(tmp_path, coco_set, parity_checkpoint, capsys):
-    from tinysam_backend.fiftyone_adapter import rle_to_mask
-
     coco_dir, images, detections, own = coco_set
-    own_masks = [(r, rle_to_mask(r["segmentation"])) for r in own]
+    own_masks = [(r, decode_rle(r["segmentation"])) for r in own]
     assert all(m.any() for _, m in own_masks), "the random-weight model gave an empty mask for a box"
 
     _write_gt(tmp_path / "self.json", images, own_masks)

@@ -1,4 +1,5 @@
-"""Pure conversions between full-image masks, FiftyOne's (relative box, cropped mask) form and COCO RLE."""
+"""Pure conversions between full-image masks and FiftyOne's (relative box, cropped mask) form; the shared mask
+maths of `tinysam_backend.masks` (best mask per prompt, mask IoU)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinysam_backend.fiftyone_adapter import (
-    best_of_three,
     box_and_crop_to_mask,
     mask_to_box_and_crop,
-    mask_to_rle,
-    mean_best_match_iou,
     relative_box_to_pixels,
     relative_box_to_xyxy,
+    relative_points_to_xy,
     render_preview,
-    rle_to_mask,
 )
+from tinysam_backend.masks import best_masks_for_prompts, mask_iou_matrix, mean_best_match_iou
 
 
 def _mask(h, w, y0, y1, x0, x1):
@@ -82,29 +81,9 @@ def test_relative_boxes_to_pixels_and_xyxy():
         relative_box_to_pixels([0, 0, 1], (4, 4))
 
 
-def test_rle_round_trip_with_each_counts_form():
-    from pycocotools import mask as mask_utils
-
-    m = _mask(13, 17, 3, 9, 2, 15)
-    m[5, 5] = False
-    rle = mask_to_rle(m)
-    assert isinstance(rle["counts"], str) and rle["size"] == [13, 17]
-    np.testing.assert_array_equal(rle_to_mask(rle), m)
-    np.testing.assert_array_equal(rle_to_mask({"size": rle["size"], "counts": rle["counts"].encode()}), m)
-    # uncompressed counts: column-major runs starting with zeros
-    flat = m.flatten(order="F").astype(np.uint8)
-    runs, value, count = [], 0, 0
-    for v in flat:
-        if v == value:
-            count += 1
-        else:
-            runs.append(count)
-            value, count = v, 1
-    runs.append(count)
-    np.testing.assert_array_equal(rle_to_mask({"size": [13, 17], "counts": runs}), m)
-    assert mask_utils.area(mask_utils.frPyObjects({"size": [13, 17], "counts": runs}, 13, 17)) == m.sum()
-    with pytest.raises(ValueError, match="COCO RLE"):
-        rle_to_mask({"counts": "x"})
+def test_relative_points_drop_invisible_points():
+    xy = relative_points_to_xy([[0.5, 0.25], [float("nan"), float("nan")], [0.0, 1.0]], (40, 60))
+    np.testing.assert_allclose(xy, [[30.0, 10.0], [0.0, 40.0]])
 
 
 def test_mean_best_match_iou_known_values():
@@ -117,15 +96,13 @@ def test_mean_best_match_iou_known_values():
     assert mean_best_match_iou([], [a]) is None
 
 
-def test_best_of_three_takes_the_highest_predicted_iou():
-    masks = np.zeros((2, 3, 4, 4), bool)
-    masks[0, 1, 0, 0] = True
-    masks[1, 2, 3, 3] = True
-    best, scores = best_of_three(masks, np.array([[0.1, 0.9, 0.5], [0.2, 0.3, 0.4]], np.float32))
-    assert best[0, 0, 0] and best[1, 3, 3] and best.sum() == 2
-    np.testing.assert_allclose(scores, [0.9, 0.4])
-    with pytest.raises(ValueError, match="expected masks"):
-        best_of_three(masks[0], np.zeros((3,)))
+def test_mask_iou_matrix_known_values_and_size_check():
+    a = _mask(10, 10, 0, 4, 0, 4)
+    b = _mask(10, 10, 0, 4, 2, 6)
+    np.testing.assert_allclose(mask_iou_matrix([a, b], [a]), [[1.0], [8 / 24]])
+    assert mask_iou_matrix([], [a]).shape == (0, 1)
+    with pytest.raises(ValueError, match="one size"):
+        mask_iou_matrix([a], [np.zeros((5, 5), bool)])
 
 
 def test_render_preview_puts_predictions_left_and_ground_truth_right():
@@ -139,16 +116,22 @@ def test_render_preview_puts_predictions_left_and_ground_truth_right():
         render_preview(img.astype(np.float32), [pred])
 
 
-def test_masks_for_boxes_equals_best_of_three_of_the_full_prediction(tiny_model):
+def test_best_masks_for_prompts_is_the_highest_scored_of_the_three_full_masks(tiny_model):
     from tinysam_backend import Predictor
-    from tinysam_backend.fiftyone_adapter import masks_for_boxes
 
     predictor = Predictor(tiny_model)
     rng = np.random.default_rng(0)
     emb = predictor.embed(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
     boxes = np.array([[2, 3, 30, 20], [10, 5, 58, 39], [0, 0, 60, 40]], np.float64)
     masks, scores, _ = predictor.predict_batch(emb, boxes=boxes)
-    want_masks, want_scores = best_of_three(masks, scores)
-    got_masks, got_scores = masks_for_boxes(predictor, emb, boxes, boxes_per_batch=2)
-    np.testing.assert_array_equal(got_masks, want_masks)
-    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5, atol=1e-6)  # batches of 2 vs 3
+    best = scores.argmax(axis=1)
+    got_masks, got_scores = best_masks_for_prompts(predictor, emb, boxes=boxes, prompts_per_batch=2)
+    np.testing.assert_array_equal(got_masks, masks[np.arange(3), best])
+    np.testing.assert_allclose(got_scores, scores[np.arange(3), best], rtol=1e-5, atol=1e-6)  # batches of 2 vs 3
+    points = np.array([[[10, 10]], [[40, 30]]], np.float64)
+    masks, scores, _ = predictor.predict_batch(emb, point_coords=points, point_labels=np.ones((2, 1)))
+    best = scores.argmax(axis=1)
+    got_masks, _ = best_masks_for_prompts(predictor, emb, point_coords=points, prompts_per_batch=1)
+    np.testing.assert_array_equal(got_masks, masks[np.arange(2), best])
+    with pytest.raises(ValueError, match="neither"):
+        best_masks_for_prompts(predictor, emb)

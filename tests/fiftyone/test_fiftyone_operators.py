@@ -70,7 +70,9 @@ def test_auto_mask_immediate_writes_masks_resumes_and_evaluates(fo, dataset, che
     params = dict(label_field="auto", checkpoint=checkpoint, mode="hierarchical", **EVERYTHING_TEST_PARAMS)
     result = _run(fo, "auto_mask", dataset, params)
     requests = _requests(result)
-    assert requests.count("set_progress") == len(dataset) + 1 and requests[-1] == "reload_dataset"
+    # progress at the start and the end (throttled between), then reload and the summary as a notification
+    assert requests[0] == "set_progress" and 2 <= requests.count("set_progress") <= len(dataset) + 1
+    assert requests[-2:] == ["reload_dataset", "notify"]
 
     dataset.reload()
     first_ids = {}
@@ -133,13 +135,16 @@ def test_auto_mask_delegated_on_disk(fo, dataset, checkpoint, mask_dir):
 
 @pytest.mark.parametrize("delegate", [False, True], ids=["immediate", "delegated"])
 def test_mask_from_boxes(fo, dataset, checkpoint, delegate):
-    params = {"box_field": "boxes", "label_field": "box_masks", "checkpoint": checkpoint, "boxes_per_batch": 4}
+    params = {"prompt_field": "boxes", "label_field": "box_masks", "checkpoint": checkpoint, "prompts_per_batch": 4}
     view = dataset.limit(1) if delegate else dataset.view()  # delegated: the queued view is honoured
     result = _run(fo, "mask_from_boxes", dataset, params, view=view, delegate=delegate)
     if not delegate:
-        assert _requests(result)[-1] == "reload_dataset"
+        assert _requests(result)[-2:] == ["reload_dataset", "notify"]
     else:
         assert result.status.progress == pytest.approx(1.0)
+        n_boxes = sum(len(s.boxes.detections) for s in view)
+        assert result.result.result == {"label_field": "box_masks", "samples": 1, "skipped": 0, "masks": n_boxes,
+                                        "failed": []}
     dataset.reload()
     assert dataset.count("box_masks") == len(view)
     for sample in view:
@@ -175,7 +180,8 @@ def test_evaluate_masks_against_itself_is_perfect(fo, dataset, delegate):
 
 
 def test_auto_mask_library_skips_unreadable_images_and_checks_params_first(fo, tmp_path, tiny_model):
-    from tinysam_backend import Predictor, auto_mask
+    from tinysam_backend import Predictor
+    from tinysam_backend.fiftyone_adapter import auto_mask
 
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"
     from PIL import Image
@@ -188,11 +194,11 @@ def test_auto_mask_library_skips_unreadable_images_and_checks_params_first(fo, t
         auto_mask(ds, "auto", predictor=Predictor(tiny_model), box_nms_thresh=2.0)
     assert "auto" not in ds.get_field_schema()
     seen = []
-    summary = auto_mask(ds, "auto", predictor=Predictor(tiny_model), progress=lambda d, t: seen.append((d, t)),
+    summary = auto_mask(ds, "auto", predictor=Predictor(tiny_model), progress=lambda pb: seen.append(pb.progress),
                         **{**EVERYTHING_TEST_PARAMS, "pred_iou_thresh": -10.0})
     bad_id = ds.match({"filepath": str(bad)}).first().id
     assert summary["failed"] == [bad_id] and summary["samples"] == 1
-    assert seen == [(0, 2), (1, 2), (2, 2)]
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and 0.5 in seen and seen == sorted(seen)
     assert ds.count("auto") == 1 and ds[bad_id]["auto"] is None
     ds.delete()
 

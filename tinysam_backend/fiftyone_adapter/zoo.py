@@ -1,0 +1,227 @@
+"""TinySAM as a FiftyOne zoo model (the repository is a remote zoo model source: `fiftyone_zoo/`).
+
+    import fiftyone.zoo as foz
+    foz.register_zoo_model_source("https://github.com/<owner>/tinysam-backend")
+    model = foz.load_zoo_model("tinysam")                  # or "tinysam-int8"; checkpoint=PATH offline
+    dataset.apply_model(model, label_field="masks", prompt_field="detections")   # boxes (or keypoints) → masks
+    dataset.apply_model(model, label_field="auto")         # no prompt field: hierarchical segment-everything
+
+The contract is that of FiftyOne's own Segment Anything zoo models: `prompt_field` (or `box_prompt_field` /
+`point_prompt_field`) names a `Detections` or `Keypoints` field whose labels become prompts, one instance mask
+per prompt with its label; without one, every mask segment-everything finds. `batch_size` and `num_workers` are
+FiftyOne's (images are decoded in data-loader workers); `device` goes to `load_model`.
+
+Weights: `download_model` fetches the manifest's checkpoint with the project's own fetch + checksum code
+(`tinysam_backend.weights`), reusing the TinySAM cache (`TINYSAM_CACHE_DIR`); "tinysam-int8" is then quantized
+to real int8 (`tinysam quantize`'s calibration). Offline, `load_zoo_model("tinysam", checkpoint=PATH)` or
+`TINYSAM_CHECKPOINT` name a local file and nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..masks import DEFAULT_PROMPTS_PER_BATCH
+
+logger = logging.getLogger(__name__)
+
+# zoo name → the weights manifest entry it is made from, and whether it is quantized to int8 after download
+ZOO_MODELS = {
+    "tinysam": {"weights": "tinysam_42.3", "int8": False},
+    "tinysam-int8": {"weights": "tinysam_42.3", "int8": True},
+}
+PROMPT_KEYS = ("prompt_field", "box_prompt_field", "point_prompt_field")
+
+
+def _model_entry(model_name: str) -> dict:
+    base = model_name.split("@")[0]
+    if base not in ZOO_MODELS:
+        raise ValueError(f"unknown TinySAM zoo model {model_name!r}; expected one of {sorted(ZOO_MODELS)}")
+    return ZOO_MODELS[base]
+
+
+def _place(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        return
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def download_model(model_name: str, model_path: str) -> None:
+    """FiftyOne's download hook: the checkpoint (fetched and verified into the TinySAM cache, then linked to
+    `model_path`); for "tinysam-int8", the int8 artifact directory quantized from it."""
+    from ..config import Settings
+    from ..weights import fetch, lookup
+
+    entry = _model_entry(model_name)
+    settings = Settings.from_env()
+    fp32 = fetch(lookup(entry["weights"]), settings.cache_dir)
+    dest = Path(model_path)
+    if not entry["int8"]:
+        _place(fp32, dest)
+        return
+    from ..checkpoint import load_torch_model
+    from ..quantization.calibrate import DEFAULT_CALIBRATION_IMAGES, default_calibration_images, quantize_model
+
+    logger.info("quantizing %s to int8 into %s (calibration on %d built-in images)", fp32, dest,
+                len(DEFAULT_CALIBRATION_IMAGES))
+    quantize_model(load_torch_model(fp32, settings=settings), default_calibration_images(), dest,
+                   calibration_names=[f"skimage.data.{n}" for n in DEFAULT_CALIBRATION_IMAGES])
+
+
+def load_model(model_name: str, model_path: str, checkpoint=None, device=None, engine=None, precision=None,
+               prompts_per_batch: int = DEFAULT_PROMPTS_PER_BATCH, mode: str = "hierarchical",
+               **everything_params):
+    """FiftyOne's load hook: a `TinySAMModel`. checkpoint: a local file / quantized directory used instead of
+    the downloaded one (then nothing needs fetching); otherwise `TINYSAM_CHECKPOINT`, then `model_path`."""
+    from ..config import Settings
+    from ..errors import MissingCheckpointError
+    from .auto_masks import check_everything_params, modes
+    from .common import check_range, make_predictor
+
+    _model_entry(model_name)
+    if mode not in modes():
+        raise ValueError(f"mode must be one of {modes()}, got {mode!r}")
+    check_everything_params(mode, everything_params)
+    check_range("prompts_per_batch", prompts_per_batch, 1, None, integer=True)
+    source = checkpoint or Settings.from_env().checkpoint
+    if source is None:
+        if not Path(model_path).exists():
+            raise MissingCheckpointError(
+                f"zoo model {model_name!r} is not downloaded ({model_path} missing) and no checkpoint was given; "
+                f"run `fiftyone zoo models download {model_name}` or pass checkpoint=PATH to load_zoo_model")
+        source = model_path
+    predictor = make_predictor(source, None, device=device, engine=engine, precision=precision)
+    return TinySAMModel(predictor, name=model_name, mode=mode, prompts_per_batch=prompts_per_batch,
+                        everything_params=everything_params)
+
+
+class ToRGBArray:
+    """Data-loader transform: a PIL image → H×W×3 uint8 RGB array in the frame FiftyOne shows (EXIF applied)."""
+
+    def __call__(self, img):
+        from ..image_io import array_to_rgb, pil_to_rgb
+
+        return array_to_rgb(img) if isinstance(img, np.ndarray) else pil_to_rgb(img)
+
+
+def _collate_list(batch):
+    return list(batch)
+
+
+def _model_bases():
+    import fiftyone.core.models as fom
+
+    return fom.Model, fom.SamplesMixin, fom.TorchModelMixin
+
+
+try:
+    _BASES = _model_bases()
+except ImportError:  # pragma: no cover - FiftyOne not installed
+    _BASES = (object,)
+
+
+class TinySAMModel(*_BASES):
+    """A FiftyOne `Model`: prompts of a sample field → instance masks, or segment-everything without prompts."""
+
+    def __init__(self, predictor, *, name: str = "tinysam", mode: str = "hierarchical",
+                 prompts_per_batch: int = DEFAULT_PROMPTS_PER_BATCH, everything_params: dict | None = None):
+        import fiftyone.core.models as fom
+
+        fom.SamplesMixin.__init__(self)
+        self.predictor = predictor
+        self.name = name
+        self.mode = mode
+        self.prompts_per_batch = prompts_per_batch
+        self.everything_params = dict(everything_params or {})
+        self._preprocess = True
+        self._transforms = ToRGBArray()
+
+    # --- fiftyone.core.models.Model
+    @property
+    def media_type(self):
+        return "image"
+
+    @property
+    def ragged_batches(self):
+        return False  # our collate function keeps a batch as a list of arrays of any size
+
+    @property
+    def transforms(self):
+        return self._transforms
+
+    @property
+    def preprocess(self):
+        return self._preprocess
+
+    @preprocess.setter
+    def preprocess(self, value):
+        self._preprocess = value
+
+    @property
+    def has_logits(self):
+        return False
+
+    @property
+    def has_collate_fn(self):
+        return True
+
+    @staticmethod
+    def collate_fn(batch):
+        return _collate_list(batch)
+
+    def predict(self, arg, sample=None):
+        return self.predict_all([arg], samples=None if sample is None else [sample])[0]
+
+    def predict_all(self, args, samples=None):
+        if samples is None:
+            samples = [None] * len(args)
+        return [self._predict_one(img, sample) for img, sample in zip(args, samples)]
+
+    # --- the work
+    def _prompt_field(self) -> str | None:
+        fields = {k: v for k, v in (self.needs_fields or {}).items() if k in PROMPT_KEYS and v}
+        if len(set(fields.values())) > 1:
+            raise ValueError(f"one prompt field is supported, got {fields}")
+        return next(iter(fields.values()), None)
+
+    def _predict_one(self, img, sample):
+        import fiftyone as fo
+
+        from ..everything import segment_everything
+        from ..image_io import array_to_rgb, pil_to_rgb
+        from .conversions import everything_record_to_detection, prompt_mask_to_detection
+        from .masks_from_prompts import _prompt_masks
+
+        image = pil_to_rgb(img) if not isinstance(img, np.ndarray) else array_to_rgb(img)
+        size = image.shape[:2]
+        field = self._prompt_field()
+        if field is None:
+            records = segment_everything(self.predictor, image, mode=self.mode, **self.everything_params)
+            dets = [everything_record_to_detection(r, size) for r in records]
+            return fo.Detections(detections=[d for d in dets if d is not None])
+        if sample is None:
+            raise ValueError(f"prompt field {field!r} given but no sample passed to predict()")
+        labels = sample[field]
+        if labels is None:
+            return fo.Detections()
+        if isinstance(labels, fo.Detections):
+            prompts, boxes = list(labels.detections), True
+        elif isinstance(labels, fo.Keypoints):
+            prompts, boxes = list(labels.keypoints), False
+        else:
+            raise ValueError(f"prompt field {field!r} holds {type(labels).__name__}; expected Detections or Keypoints")
+        if not prompts:
+            return fo.Detections()
+        emb = self.predictor.embed(image)
+        masks, scores = _prompt_masks(self.predictor, emb, prompts, size, boxes, self.prompts_per_batch)
+        return fo.Detections(detections=[prompt_mask_to_detection(p, m, float(s), size)
+                                         for p, m, s in zip(prompts, masks, scores)])
