@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# The one default of the pixel limit (`TINYSAM_MAX_IMAGE_PIXELS`); every loader takes the configured value from here.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+
 
 def default_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -35,7 +38,7 @@ class Settings:
     checkpoint: str | None = None
     cache_dir: Path = Path.home() / ".cache" / "tinysam"
     torch_threads: int = 0
-    max_image_pixels: int = 100_000_000
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     quantized_decoder: str = "auto"
     device: str = "auto"
     engine: str = "auto"
@@ -50,10 +53,28 @@ class Settings:
             checkpoint=env.get("TINYSAM_CHECKPOINT") or None,
             cache_dir=Path(cache) if cache else default_cache_dir(),
             torch_threads=int(env.get("TINYSAM_TORCH_THREADS", "0") or 0),
-            max_image_pixels=int(env.get("TINYSAM_MAX_IMAGE_PIXELS", str(cls.max_image_pixels))),
+            max_image_pixels=_max_image_pixels(env.get("TINYSAM_MAX_IMAGE_PIXELS", "")),
             quantized_decoder=env.get("TINYSAM_QUANTIZED_DECODER", cls.quantized_decoder).strip().lower() or "auto",
             device=env.get("TINYSAM_DEVICE", "").strip().lower() or "auto",
             engine=env.get("TINYSAM_ENGINE", "").strip().lower() or "auto",
             precision=env.get("TINYSAM_PRECISION", "").strip().lower() or "auto",
             max_cpu_isa=(env.get("TINYSAM_MAX_CPU_ISA") or env.get("ONEDNN_MAX_CPU_ISA") or "").strip().upper() or None,
         )
+
+
+def _max_image_pixels(raw: str) -> int:
+    """`TINYSAM_MAX_IMAGE_PIXELS`: the one pixel limit of every image loader. It must be one Pillow can honour:
+    Pillow refuses images above twice its `MAX_IMAGE_PIXELS` (178,956,970) before anything else sees them."""
+    if not raw.strip():
+        return DEFAULT_MAX_IMAGE_PIXELS
+    from .image_io import pillow_pixel_ceiling
+
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"TINYSAM_MAX_IMAGE_PIXELS must be an integer number of pixels, got {raw!r}") from None
+    ceiling = pillow_pixel_ceiling()
+    if value < 1 or (ceiling is not None and value > ceiling):
+        raise ValueError(f"TINYSAM_MAX_IMAGE_PIXELS must be between 1 and {ceiling} (Pillow's own ceiling), "
+                         f"got {value}")
+    return value

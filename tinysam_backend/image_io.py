@@ -3,34 +3,52 @@
 from __future__ import annotations
 
 import io
-import warnings
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import ImageError
 
 ImageSource = Union[np.ndarray, Image.Image, str, Path, bytes]
 
 # Raster formats users label; formats with decoders outside Pillow's pixel check (PDF, FITS, EPS…) are refused.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "MPO")
-DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
+
+
+def pillow_pixel_ceiling() -> int | None:
+    """Pixels above which Pillow itself refuses to open an image (DecompressionBombError), whatever we allow."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * limit
+
+
+def _too_large(w: int, h: int, max_pixels: int) -> ImageError:
+    return ImageError(f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels} "
+                      "(TINYSAM_MAX_IMAGE_PIXELS)")
 
 
 def _open(fp, max_pixels: int) -> Image.Image:
+    """Open and decode within `max_pixels`, the one pixel limit: the size is checked from the header, before any
+    pixel is decoded. Pillow's own bomb warning (at 89.5 Mpx) is not escalated, so the configured limit is the one
+    that applies; its hard error (at twice that) can only refuse images above our limit, unless the configured
+    limit is above Pillow's ceiling, which the message then says."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.init()
-            img = Image.open(fp, formats=[f for f in ALLOWED_FORMATS if f in Image.OPEN])
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError(f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
-            img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"image refused as a possible decompression bomb: {e}") from e
+        Image.init()
+        img = Image.open(fp, formats=[f for f in ALLOWED_FORMATS if f in Image.OPEN])
+        w, h = img.size
+        if w * h > max_pixels:
+            raise _too_large(w, h, max_pixels)
+        img.load()
+    except Image.DecompressionBombError as e:
+        ceiling = pillow_pixel_ceiling()
+        if ceiling is not None and max_pixels >= ceiling:
+            raise ImageError(f"image refused by Pillow's own ceiling of {ceiling} pixels, which is below the "
+                             f"configured limit of {max_pixels} (TINYSAM_MAX_IMAGE_PIXELS): {e}") from None
+        raise ImageError(f"image is more than the limit of {max_pixels} pixels (TINYSAM_MAX_IMAGE_PIXELS): "
+                         f"{e}") from None
     except UnidentifiedImageError as e:
         raise ImageError(f"not a readable image in one of the accepted formats {ALLOWED_FORMATS}") from e
     except OSError as e:
@@ -91,7 +109,7 @@ def load_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     elif isinstance(src, Image.Image):
         w, h = src.size
         if w * h > max_pixels:
-            raise ImageError(f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
+            raise _too_large(w, h, max_pixels)
         rgb = pil_to_rgb(src)
     elif isinstance(src, (bytes, bytearray, memoryview)):
         rgb = pil_to_rgb(_open(io.BytesIO(bytes(src)), max_pixels))
@@ -104,5 +122,5 @@ def load_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     else:
         raise ImageError(f"expected an ndarray, PIL image, path or bytes; got {type(src).__name__}")
     if rgb.shape[0] * rgb.shape[1] > max_pixels:
-        raise ImageError(f"image is {rgb.shape[1]}x{rgb.shape[0]} pixels, more than the limit of {max_pixels}")
+        raise _too_large(rgb.shape[1], rgb.shape[0], max_pixels)
     return rgb

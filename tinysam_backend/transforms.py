@@ -11,11 +11,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .errors import ImageError
+
 
 def resized_shape(height: int, width: int, target: int) -> tuple[int, int]:
-    """(new_h, new_w) with the longest side equal to `target`."""
+    """(new_h, new_w) with the longest side equal to `target`.
+
+    Raises ImageError when the short side would round to 0 pixels: an aspect ratio above 2·target : 1 (2048:1 for
+    the 1024-pixel input), which the official implementation cannot resize either."""
+    if height < 1 or width < 1:
+        raise ImageError(f"image has an empty side: {width}x{height} pixels")
     scale = target * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
+    if new_h < 1 or new_w < 1:
+        raise ImageError(f"image is {width}x{height} pixels: at the model's {target}-pixel input its short side would "
+                         f"be 0 pixels; aspect ratios above {2 * target}:1 are not supported (crop or pad the image)")
+    return new_h, new_w
 
 
 def resize_image(image: np.ndarray, target: int) -> np.ndarray:

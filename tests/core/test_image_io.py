@@ -71,3 +71,41 @@ def test_wrong_array_shape():
 def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match="not found"):
         load_image(tmp_path / "nope.png")
+
+
+def test_the_configured_pixel_limit_is_the_only_one():
+    # 95 Mpx: above Pillow's own warning threshold (89.48 Mpx), below the configured default (100 M).
+    big = _encode(Image.new("1", (10_000, 9_500)), optimize=True)
+    rgb = load_image(big, max_pixels=100_000_000)
+    assert rgb.shape == (9_500, 10_000, 3) and rgb.dtype == np.uint8
+    del rgb
+    with pytest.raises(ImageError, match=r"10000x9500 = 95000000 pixels, more than the limit of 90000000"):
+        load_image(big, max_pixels=90_000_000)
+
+
+def test_pixel_limit_above_pillows_ceiling_is_refused_at_start_up():
+    from tinysam_backend.config import DEFAULT_MAX_IMAGE_PIXELS, Settings
+
+    assert Settings.from_env({}).max_image_pixels == DEFAULT_MAX_IMAGE_PIXELS == Settings().max_image_pixels
+    assert Settings.from_env({"TINYSAM_MAX_IMAGE_PIXELS": "150000000"}).max_image_pixels == 150_000_000
+    with pytest.raises(ValueError, match="between 1 and 178956970"):
+        Settings.from_env({"TINYSAM_MAX_IMAGE_PIXELS": "300000000"})
+    with pytest.raises(ValueError, match="integer number of pixels, got 'lots'"):
+        Settings.from_env({"TINYSAM_MAX_IMAGE_PIXELS": "lots"})
+
+
+def test_extreme_aspect_ratio_is_an_image_error():
+    from tinysam_backend.transforms import resized_shape
+
+    assert resized_shape(1, 2048, 1024) == (1, 1024)
+    assert resized_shape(3000, 2, 1024) == (1024, 1)
+    for h, w in ((1, 5000), (1, 2049), (5000, 1)):
+        with pytest.raises(ImageError, match=rf"{w}x{h} pixels.*aspect ratios above 2048:1"):
+            resized_shape(h, w, 1024)
+
+
+def test_extreme_aspect_ratio_through_the_predictor(tiny_model):
+    from tinysam_backend import Predictor
+
+    with pytest.raises(ImageError, match="aspect ratios above 512:1"):  # the tiny model's input is 256 pixels
+        Predictor(tiny_model.eval()).embed(np.zeros((1, 600, 3), np.uint8))
