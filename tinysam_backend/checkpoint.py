@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,20 +32,28 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
+    # torch.save writes a zip archive (or, in the legacy format, a pickle: protocol marker 0x80). Anything else is
+    # not a checkpoint at all, whatever torch.load's unpickler says about its first byte.
+    with path.open("rb") as f:
+        head = f.read(2)
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither the zip archive torch.save writes nor a "
+                              f"legacy pickle; it starts with {head!r}); expected a state dict .pth/.pt or "
+                              ".safetensors file")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = str(e)
-        if "GLOBAL" in msg or "global" in msg or "Unsupported" in msg:
+        if "GLOBAL" in str(e):  # a class reference the weights-only unpickler refuses: a pickled object
             raise CheckpointError(
                 f"{path} is a pickled Python object (a whole model module), not a state dict; loading it would "
                 "run arbitrary code, so it is refused. The official `tinysam_w8a8.pth` is such a file (simulated "
                 "quantization). Use the fp32 checkpoint `tinysam_42.3.pth` and produce a real int8 model with "
                 "`tinysam quantize --checkpoint tinysam_42.3.pth --out DIR`, then load DIR."
             ) from e
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(e)}") from e
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: "
+                              f"{_first_line(e)}") from e
     for key in _WRAPPER_KEYS:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
@@ -52,6 +61,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return {re.sub(r"^(module\.|model\.)", "", k): v for k, v in obj.items()}
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    for i, line in enumerate(lines):  # torch's weights-only message leads with advice; the reason follows "error:"
+        if "WeightsUnpickler error" in line:
+            reason = line.split("error:", 1)[1].strip()
+            return (reason or (lines[i + 1] if i + 1 < len(lines) else ""))[:200]
+    return lines[0][:200] if lines else ""
 
 
 def detect_variant(state_dict: Mapping[str, torch.Tensor]) -> str:

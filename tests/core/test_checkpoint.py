@@ -81,3 +81,19 @@ def test_missing_checkpoint_says_both_ways(tmp_path):
 def test_configured_default_is_used(parity_checkpoint, tmp_path):
     model = load_model(None, settings=Settings(checkpoint=str(parity_checkpoint), cache_dir=tmp_path))
     assert model.variant == "vit_t"
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 16, b"hello, not a checkpoint at all\n", b""],
+                         ids=["random-bytes", "text", "empty"])
+def test_not_a_checkpoint_is_named_as_such(tmp_path, content):
+    (tmp_path / "x.pth").write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint") as e:
+        load_model(tmp_path / "x.pth")
+    assert "pickled" not in str(e.value)
+
+
+def test_a_pickle_that_is_not_a_state_dict_is_not_called_a_module(tmp_path):
+    (tmp_path / "x.pth").write_bytes(pickle.dumps([1, 2]) + b"junk")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint") as e:
+        load_model(tmp_path / "x.pth")
+    assert "pickled Python object" not in str(e.value)
