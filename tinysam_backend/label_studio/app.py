@@ -101,13 +101,17 @@ class ModelSlot:
 
 
 def build_backend(settings: Settings, ls_settings: LabelStudioSettings) -> SegmentationBackend:
-    """Load the configured checkpoint and wrap it (called in the worker, after fork)."""
+    """Load the configured checkpoint, wrap it and warm it up: one encode and two click decodes on a synthetic image
+    (called in the worker, after fork, before the worker reports ready), so that the first click costs one encode."""
     from ..checkpoint import load_model
     from ..predictor import Predictor
 
     model = load_model(settings.checkpoint, settings=settings)
     predictor = Predictor(model, settings.max_image_pixels)
-    return SegmentationBackend(predictor, ls_settings, model_version_for(settings.checkpoint, ls_settings.model_version))
+    backend = SegmentationBackend(predictor, ls_settings,
+                                  model_version_for(settings.checkpoint, ls_settings.model_version))
+    backend.warm_up()
+    return backend
 
 
 def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from ..errors import TinySAMError
 
+PREANNOTATE_MODES = ("background", "sync", "off")
+
 
 class SettingsError(TinySAMError, ValueError):
     """An environment variable of the Label Studio backend has a value that cannot be used."""
@@ -99,6 +101,14 @@ class LabelStudioSettings:
         `segment_everything` under the same names (unset: its defaults).
     model_version: `TINYSAM_LS_MODEL_VERSION`, the version string reported to Label Studio (default from the
         checkpoint's file name).
+    preannotate: `TINYSAM_LS_PREANNOTATE`, how a `/predict` without context (opening a task, "Retrieve
+        predictions") is answered: `background` answers at once with no prediction and queues segment-everything,
+        whose result is written to Label Studio through its API (`POST /api/predictions/`, needs LABEL_STUDIO_URL and
+        LABEL_STUDIO_API_KEY); `sync` computes it inside the request; `off` never pre-annotates. Unset: `background`
+        when LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are both set, else `sync`.
+    preannotate_queue: `TINYSAM_LS_PREANNOTATE_QUEUE`, most tasks waiting for background pre-annotation per worker
+        (a task asked for again while it waits is not queued twice; above the bound, tasks are not queued and Label
+        Studio asks again the next time the task is opened).
     """
 
     label_studio_url: str | None = None
@@ -123,6 +133,8 @@ class LabelStudioSettings:
     batch_high_score_thresh: float | None = None
     batch_box_nms_thresh: float | None = None
     model_version: str | None = None
+    preannotate: str = "sync"
+    preannotate_queue: int = 10000
 
     def __post_init__(self) -> None:
         if self.label_studio_url is not None and not self.label_studio_url.startswith(("http://", "https://")):
@@ -131,6 +143,19 @@ class LabelStudioSettings:
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
         if not 0.0 <= self.batch_min_area < 1.0:
             raise SettingsError(f"TINYSAM_LS_BATCH_MIN_AREA must be a fraction in [0, 1), got {self.batch_min_area}")
+        if self.preannotate not in PREANNOTATE_MODES:
+            raise SettingsError(f"TINYSAM_LS_PREANNOTATE must be one of {', '.join(PREANNOTATE_MODES)}, "
+                                f"got {self.preannotate!r}")
+        if self.preannotate == "background" and not (self.label_studio_url and self.label_studio_api_key):
+            raise SettingsError("TINYSAM_LS_PREANNOTATE=background writes predictions through Label Studio's API: it "
+                                "needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, got "
+                                f"LABEL_STUDIO_URL={'set' if self.label_studio_url else 'unset'}, "
+                                f"LABEL_STUDIO_API_KEY={'set' if self.label_studio_api_key else 'unset'}")
+
+    @property
+    def preannotate_mode(self) -> str:
+        """`background`, `sync` or `off`; `TINYSAM_LS_BATCH_ENABLED=false` means `off` whatever the mode says."""
+        return self.preannotate if self.batch_enabled else "off"
 
     def everything_params(self) -> dict:
         """Keyword arguments for `segment_everything` that were set (the others keep its defaults)."""
@@ -153,9 +178,11 @@ class LabelStudioSettings:
             media = str(Path(env["LABEL_STUDIO_BASE_DATA_DIR"]) / "media")
         local_root = env.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or None
         url = (env.get("LABEL_STUDIO_URL") or "").strip().rstrip("/") or None
+        key = (env.get("LABEL_STUDIO_API_KEY") or "").strip() or None
+        preannotate = env.get("TINYSAM_LS_PREANNOTATE", "").strip().lower() or ("background" if url and key else "sync")
         return cls(
             label_studio_url=url,
-            label_studio_api_key=(env.get("LABEL_STUDIO_API_KEY") or "").strip() or None,
+            label_studio_api_key=key,
             media_dir=Path(media) if media else None,
             local_files_root=Path(local_root) if local_root else None,
             allowed_hosts=_hosts(env, "TINYSAM_LS_ALLOWED_HOSTS"),
@@ -177,4 +204,6 @@ class LabelStudioSettings:
             batch_high_score_thresh=_optional_float(env, "TINYSAM_LS_BATCH_HIGH_SCORE_THRESH", minimum=-1e9),
             batch_box_nms_thresh=_optional_float(env, "TINYSAM_LS_BATCH_BOX_NMS_THRESH"),
             model_version=(env.get("TINYSAM_LS_MODEL_VERSION") or "").strip() or None,
+            preannotate=preannotate,
+            preannotate_queue=_int(env, "TINYSAM_LS_PREANNOTATE_QUEUE", cls.preannotate_queue, minimum=1),
         )
