@@ -15,9 +15,11 @@ import base64
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, request
@@ -182,8 +184,8 @@ def create_app(settings: Settings | None = None, ls_settings: LabelStudioSetting
         body: dict[str, Any] = {"status": "UP" if state == "ready" else ("ERROR" if state == "failed" else "LOADING"),
                                 "model_class": "TinySAM", "model_version": model_version,
                                 "model_ready": state == "ready"}
-        if state == "failed":
-            body["error"] = slot.error
+        if state == "failed":  # open to anyone: what is wrong, without the server's paths (the log has them)
+            body["error"] = without_paths(slot.error or "", (settings.checkpoint, str(settings.cache_dir)))
         if state == "ready":
             body["stats"] = slot.get().stats()
             return _json(body)
@@ -242,7 +244,8 @@ def create_app(settings: Settings | None = None, ls_settings: LabelStudioSetting
 
     @app.errorhandler(ModelNotReady)
     def _not_ready(e: ModelNotReady) -> Response:
-        return error_response(503, str(e), {"Retry-After": "5"})
+        return error_response(503, without_paths(str(e), (settings.checkpoint, str(settings.cache_dir))),
+                              {"Retry-After": "5"})
 
     @app.errorhandler(TinySAMError)
     def _domain_error(e: TinySAMError) -> Response:
@@ -255,6 +258,20 @@ def create_app(settings: Settings | None = None, ls_settings: LabelStudioSetting
         return error_response(500, f"internal error ({type(e).__name__}); see the backend's log")
 
     return app
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![^\s'\"(=\[])/[^\s'\"),\]]+")
+
+
+def without_paths(message: str, known: tuple[str | None, ...] = ()) -> str:
+    """`message` with file paths cut to their last component (`/srv/models/x.pth` → `x.pth`): first the `known`
+    ones (they may hold spaces), then anything that looks like an absolute path."""
+    for path in known:
+        if path:
+            for form in {str(path), str(Path(path).expanduser()), str(Path(path).expanduser().resolve())}:
+                if len(form) > 1:
+                    message = message.replace(form, Path(form).name)
+    return _ABSOLUTE_PATH.sub(lambda m: m.group().rstrip("/").rsplit("/", 1)[-1] or "/", message)
 
 
 def _basic_auth_ok(header: str, expected: tuple[str, str]) -> bool:

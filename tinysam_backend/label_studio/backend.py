@@ -153,7 +153,7 @@ class SegmentationBackend:
 
     def interactive(self, task: dict, regions: tuple[dict, ...], config: LabelConfig) -> dict:
         """One task with the annotator's regions → one brush region for the prompt they form."""
-        prompt = prompt_from_context(regions, config)
+        prompt = prompt_from_context(regions, config, self.settings.max_points)
         h, w = prompt.original_size
         if h * w > self.predictor.max_image_pixels:
             raise PromptError(f"original_width x original_height = {w}x{h} is more than the limit of "

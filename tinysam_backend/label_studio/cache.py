@@ -57,11 +57,14 @@ class SingleFlightCache(Generic[V]):
         self._stats = CacheStats(max_bytes=max_bytes)
 
     def get(self, key: Hashable) -> V | None:
+        """The value under `key` or None; a lookup like `get_or_compute`'s, counted as a hit or a miss."""
         with self._lock:
             item = self._items.get(key)
             if item is None:
+                self._stats.misses += 1
                 return None
             self._items.move_to_end(key)
+            self._stats.hits += 1
             return item[0]
 
     def put(self, key: Hashable, value: V) -> None:

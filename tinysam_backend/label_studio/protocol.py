@@ -22,8 +22,9 @@ from .label_config import ControlTag, LabelConfig
 
 KEYPOINT_TYPES = ("keypointlabels", "keypoint")
 RECTANGLE_TYPES = ("rectanglelabels", "rectangle")
-MAX_CONTEXT_REGIONS = 1000
-MAX_TASKS = 10_000
+MAX_CONTEXT_REGIONS = 1000  # regions in one interactive request (only keypoints and the latest rectangle prompt)
+MAX_TASKS = 10_000  # tasks in one /predict (Label Studio sends one per request once told, see backend.py)
+DEFAULT_MAX_POINTS = 64  # keypoints per prompt (TINYSAM_LS_MAX_POINTS); an annotator makes a handful
 
 
 class RequestError(TinySAMError, ValueError):
@@ -51,7 +52,7 @@ def parse_predict_request(body: Any) -> PredictRequest:
     if not isinstance(tasks, list) or not tasks:
         raise RequestError(f"'tasks' must be a non-empty list of task objects, got {_describe(tasks)}")
     if len(tasks) > MAX_TASKS:
-        raise RequestError(f"'tasks' holds {len(tasks)} tasks, more than the limit of {MAX_TASKS}", 413)
+        raise RequestError(f"'tasks' holds {len(tasks)} tasks, more than the limit of {MAX_TASKS} per request", 422)
     for i, task in enumerate(tasks):
         if not isinstance(task, dict):
             raise RequestError(f"tasks[{i}] must be an object, got {_describe(task)}")
@@ -76,7 +77,8 @@ def parse_predict_request(body: Any) -> PredictRequest:
         if not isinstance(result, list):
             raise RequestError(f"'params.context.result' must be a list of regions, got {_describe(result)}")
         if len(result) > MAX_CONTEXT_REGIONS:
-            raise RequestError(f"'params.context.result' holds {len(result)} regions, more than {MAX_CONTEXT_REGIONS}")
+            raise RequestError(f"'params.context.result' holds {len(result)} regions, more than the limit of "
+                               f"{MAX_CONTEXT_REGIONS} per request", 422)
         for i, region in enumerate(result):
             if not isinstance(region, dict):
                 raise RequestError(f"params.context.result[{i}] must be an object, got {_describe(region)}")
@@ -155,13 +157,19 @@ def rotated_box_extent(x: float, y: float, width: float, height: float, rotation
             max(xs) * 100.0 / image_w, max(ys) * 100.0 / image_h)
 
 
-def prompt_from_context(regions: tuple[dict, ...] | list[dict], config: LabelConfig) -> ClickPrompt:
+def prompt_from_context(regions: tuple[dict, ...] | list[dict], config: LabelConfig,
+                        max_points: int = DEFAULT_MAX_POINTS) -> ClickPrompt:
     """Interactive context regions → one prompt: every keypoint (positive unless `is_positive` is false) and the
     latest rectangle, on the Image of the latest prompt region. Regions of other types are ignored.
 
-    Raises PromptError (clicks outside the image, malformed values) and LabelConfigError (unknown Image).
+    Raises PromptError (clicks outside the image, malformed values, more than `max_points` keypoints: the decoder's
+    cost grows with them) and LabelConfigError (unknown Image).
     """
     usable = [(i, r) for i, r in enumerate(regions) if r.get("type") in KEYPOINT_TYPES + RECTANGLE_TYPES]
+    n_points = sum(1 for _, r in usable if r.get("type") in KEYPOINT_TYPES)
+    if n_points > max_points:
+        raise PromptError(f"params.context.result holds {n_points} keypoints, more than the limit of {max_points} per "
+                          "request (TINYSAM_LS_MAX_POINTS); remove some points or start a new region")
     if not usable:
         types = sorted({str(r.get("type")) for r in regions})
         raise PromptError("params.context.result holds no keypoint or rectangle region to prompt with "

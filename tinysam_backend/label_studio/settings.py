@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TinySAMError
+from .protocol import DEFAULT_MAX_POINTS
 
 PREANNOTATE_MODES = ("background", "sync", "off")
 
@@ -85,10 +86,13 @@ class LabelStudioSettings:
         only; `*.example.com` allows subdomains).
     basic_auth_user / basic_auth_pass: `BASIC_AUTH_USER` / `BASIC_AUTH_PASS`, required of every request but `/health`
         when both are set.
-    cache_bytes: `TINYSAM_LS_CACHE_BYTES`, bound of the image-embedding cache per worker (an image takes ~41 MiB: embedding 4 MiB + the low-rank decoder's image side).
+    cache_bytes: `TINYSAM_LS_CACHE_BYTES`, bound of the image-embedding cache per worker (an image takes 45 MiB with
+        the fp32 model: embedding 4 MiB + the low-rank decoder's image side 41 MiB; the cache counts the bytes held).
     refine_entries: `TINYSAM_LS_REFINE_ENTRIES`, low-res logits kept for click refinement (256 KiB each).
     max_body_bytes: `TINYSAM_LS_MAX_BODY_BYTES`, request bodies above are refused with 413.
     max_image_bytes: `TINYSAM_LS_MAX_IMAGE_BYTES`, downloads above are refused.
+    max_points: `TINYSAM_LS_MAX_POINTS`, most keypoints in one interactive prompt (more: 422); the decoder's cost
+        grows with the points.
     fetch_timeout: `TINYSAM_LS_FETCH_TIMEOUT`, seconds for connecting to and for each read from an image host.
     batch_enabled: `TINYSAM_LS_BATCH_ENABLED`, answer `/predict` without context with hierarchical everything.
     batch_max_regions: `TINYSAM_LS_BATCH_MAX_REGIONS`, most brush regions per task (highest predicted IoU first).
@@ -122,6 +126,7 @@ class LabelStudioSettings:
     refine_entries: int = 256
     max_body_bytes: int = 16 * 1024 * 1024
     max_image_bytes: int = 64 * 1024 * 1024
+    max_points: int = DEFAULT_MAX_POINTS
     fetch_timeout: float = 10.0
     batch_enabled: bool = True
     batch_max_regions: int = 50
@@ -192,6 +197,7 @@ class LabelStudioSettings:
             refine_entries=_int(env, "TINYSAM_LS_REFINE_ENTRIES", cls.refine_entries),
             max_body_bytes=_int(env, "TINYSAM_LS_MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
             max_image_bytes=_int(env, "TINYSAM_LS_MAX_IMAGE_BYTES", cls.max_image_bytes, minimum=1024),
+            max_points=_int(env, "TINYSAM_LS_MAX_POINTS", cls.max_points, minimum=1),
             fetch_timeout=_float(env, "TINYSAM_LS_FETCH_TIMEOUT", cls.fetch_timeout, minimum=0.1),
             batch_enabled=_bool(env, "TINYSAM_LS_BATCH_ENABLED", cls.batch_enabled),
             batch_max_regions=_int(env, "TINYSAM_LS_BATCH_MAX_REGIONS", cls.batch_max_regions, minimum=1),
