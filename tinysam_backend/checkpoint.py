@@ -2,7 +2,8 @@
 
 TinySAM (`tinysam_42.3.pth`) and MobileSAM (`mobile_sam.pt`) share one layout (variant `vit_t`); SAM's
 `sam_vit_{b,l,h}_*.pth` load as `vit_b`/`vit_l`/`vit_h`. A quantized artifact directory (our own W8A8
-export) is recognised by its `quantization.json` and loaded by `tinysam_backend.quantization.runtime`.
+export) is recognised by its `quantization.json`. `load_model` runs either on the engine `tinysam_backend.engines`
+chooses (device, engine, precision); `load_torch_model` gives the plain fp32 PyTorch model.
 """
 
 from __future__ import annotations
@@ -129,20 +130,43 @@ def resolve_checkpoint(checkpoint: str | Path | None, settings: Settings | None 
 
 
 def load_model(checkpoint: str | Path | None = None, variant: str | None = None,
-               settings: Settings | None = None):
-    """Build the model for a checkpoint and load its weights (CPU, eval mode).
+               settings: Settings | None = None, *, device: str | None = None, engine: str | None = None,
+               precision: str | None = None):
+    """Build the model for a checkpoint, on the engine that runs it fastest here (or the one asked for); eval mode.
 
     checkpoint: a state dict file (.pth/.pt/.safetensors) in the official layout, a quantized artifact
     directory, or None for the configured default. variant: `vit_t`/`vit_b`/`vit_l`/`vit_h`; detected from the
-    keys when None. Returns a `Sam` (or a quantized model with the same protocol).
-    """
-    path = resolve_checkpoint(checkpoint, settings)
-    if path.is_dir():
-        if (path / QUANTIZED_METADATA).exists():
-            from .quantization.runtime import load_quantized
+    keys when None. device: "auto", "cpu", "cuda" or "cuda:N"; engine: "auto", "torch", "openvino" or
+    "onnxruntime"; precision: "auto", "fp32", "bf16", "fp16" or "int8" (of the image encoder; the prompt side is
+    fp32). None takes `settings` (`TINYSAM_DEVICE`, `TINYSAM_ENGINE`, `TINYSAM_PRECISION`, default "auto"); what
+    "auto" picks and why is in `tinysam_backend.engines.selection`. A combination this host cannot run raises
+    `EngineError` (nothing falls back silently).
 
-            return load_quantized(path, decoder=(settings or Settings.from_env()).quantized_decoder)
-        raise CheckpointError(f"{path} is a directory without {QUANTIZED_METADATA}; expected a quantized artifact")
+    Returns a `Sam` (an `EngineSam` from a state dict, a `HybridSam` from an artifact, or ONNX Runtime's `OnnxSam`
+    with `TINYSAM_QUANTIZED_DECODER=onnx`), with `engine_info`: a dict of device, engine, precision, reason, CPU flags.
+    """
+    from .engines import HostFacts, build_model, choose
+
+    settings = settings or Settings.from_env()
+    path = resolve_checkpoint(checkpoint, settings)
+    artifact_precision = None
+    engine = engine or settings.engine
+    if path.is_dir():
+        if not (path / QUANTIZED_METADATA).exists():
+            raise CheckpointError(f"{path} is a directory without {QUANTIZED_METADATA}; expected a quantized artifact")
+        from .quantization.runtime import ArtifactInfo
+
+        artifact_precision = ArtifactInfo.read(path)[0].precision
+        if settings.quantized_decoder == "onnx" and engine == "auto":
+            engine = "onnxruntime"  # the artifact's ONNX decoder graph is served by ONNX Runtime
+    facts = HostFacts.detect(settings.max_cpu_isa)
+    choice = choose(device or settings.device, engine, precision or settings.precision, facts, artifact_precision)
+    return build_model(path, choice, facts, settings, variant, artifact=artifact_precision is not None)
+
+
+def load_torch_state(path: str | Path, variant: str | None = None) -> Sam:
+    """A state dict file → the fp32 PyTorch `Sam` on the CPU, eval mode (no engine)."""
+    path = Path(path)
     state_dict = _read_state_dict(path)
     detected = detect_variant(state_dict)
     if variant is not None and variant != detected:
@@ -157,10 +181,11 @@ def load_model(checkpoint: str | Path | None = None, variant: str | None = None,
 
 def load_torch_model(checkpoint: str | Path | None = None, variant: str | None = None,
                      settings: Settings | None = None) -> Sam:
-    """`load_model` for callers that need every weight in PyTorch (quantize, ONNX export, distillation): a quantized
-    artifact directory, whose image encoder is an ONNX graph, is refused with a clear error."""
+    """The fp32 PyTorch `Sam` on the CPU, for callers that need every weight in PyTorch (quantize, ONNX export,
+    distillation): no engine; a quantized artifact directory, whose image encoder is an ONNX graph, is refused with a
+    clear error."""
     path = resolve_checkpoint(checkpoint, settings)
     if path.is_dir():
         raise CheckpointError(f"{path} is a quantized ONNX artifact; this needs the fp32 state dict (.pth / .pt / "
                               ".safetensors) it was made from")
-    return load_model(path, variant, settings)
+    return load_torch_state(path, variant)

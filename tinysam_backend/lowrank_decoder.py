@@ -67,8 +67,6 @@ def unsupported_reason(model) -> str | None:
     for name, p in list(dec.named_parameters()) + list(model.prompt_encoder.named_parameters()):
         if p.dtype != torch.float32:
             return f"parameter {name} is {p.dtype}, not float32"
-        if p.device.type != "cpu":
-            return f"parameter {name} is on {p.device}; the low-rank decoder runs on the CPU"
     tr = dec.transformer
     for layer in list(tr.layers) + [None]:
         attns = [tr.final_attn_token_to_image] if layer is None else [layer.cross_attn_token_to_image,
@@ -109,7 +107,7 @@ def _scores(x: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     n = rhs.shape[-1]
     if b == 1:
         return torch.bmm(x[0].transpose(0, 1), rhs).view(1, h * t, n)
-    out = torch.empty((b, h, t, n))
+    out = torch.empty((b, h, t, n), device=x.device)
     for i in range(h):
         torch.bmm(x[:, :, i], rhs[i].expand(b, d, n), out=out[:, i])
     return out.view(b, h * t, n)
@@ -121,7 +119,7 @@ def _weighted_values(p: torch.Tensor, value: torch.Tensor, t: int) -> torch.Tens
     h, _, d = value.shape
     if b == 1:
         return torch.bmm(p[0].view(h, t, n), value).transpose(0, 1).unsqueeze(0)
-    out = torch.empty((b, t, h, d))
+    out = torch.empty((b, t, h, d), device=p.device)
     for i in range(h):
         torch.bmm(p[:, i * t:(i + 1) * t], value[i].expand(b, n, d), out=out[:, :, i])
     return out
@@ -164,7 +162,8 @@ class ImageContext:
         tr = dec.transformer
         c = dec.transformer_dim
         with torch.inference_mode():
-            feats = features.float()
+            self.device = pe.no_mask_embed.weight.device  # the decoder's device: every tensor here lives on it
+            feats = features.to(self.device).float()
             if feats.dim() != 4 or feats.shape[0] != 1 or feats.shape[1] != c:
                 raise ValueError(f"features must be (1, {c}, h, w), got {tuple(feats.shape)}")
             self.grid = (int(feats.shape[-2]), int(feats.shape[-1]))
@@ -199,7 +198,7 @@ class ImageContext:
                 if i == 0:
                     stage.key_with_pe = stage.key + stage.pe_key
                     stage.query_with_pe = stage.query + stage.pe_query
-                blocks.append(["attn", i, torch.ones(c)])
+                blocks.append(["attn", i, torch.ones(c, device=self.device)])
                 products = []
                 for blk in blocks:
                     if blk[0] == "attn":
@@ -244,10 +243,10 @@ class ImageContext:
 class _Tokens:
     """Per-prompt image tokens X = dd ⊙ (F + L[:, :r]ᵀ R[:, :r]); dd None while X = F (r = 0)."""
 
-    def __init__(self, b: int, rank: int, n: int, c: int) -> None:
+    def __init__(self, b: int, rank: int, n: int, c: int, device: torch.device) -> None:
         self.dd: torch.Tensor | None = None  # (B, N)
-        self.L = torch.empty((b, rank, n))
-        self.R = torch.empty((b, rank, c))
+        self.L = torch.empty((b, rank, n), device=device)
+        self.R = torch.empty((b, rank, c), device=device)
         self.r = 0
         self.has_mask = False
         self.v_tokens: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: folded (B, H, T-1, d), last (B, H, d)
@@ -355,7 +354,7 @@ class LowRankDecoder:
         b, r, n = L.shape
         c = R.shape[-1]
         # fr = F Rᵀ, (B, r, N), from the per-block products, in the row order of L.
-        fr = torch.empty((b, r, n))
+        fr = torch.empty((b, r, n), device=L.device)
         row, attn_layer = 0, 0
         if tok.has_mask:
             fr[:, : stage.mask_products.shape[0]] = stage.mask_products
@@ -406,11 +405,11 @@ class LowRankDecoder:
         layers = self.model.mask_decoder.transformer.layers
         rank = sum(layer.cross_attn_image_to_token.num_heads * (t - 1) + 3 for layer in layers)
         if mask_input is None:
-            return _Tokens(b, rank, self.ctx.n, self.ctx.c)
+            return _Tokens(b, rank, self.ctx.n, self.ctx.c, self.ctx.device)
         ctx = self.ctx
-        tok = _Tokens(b, rank + ctx.mask_rank, ctx.n, ctx.c)
+        tok = _Tokens(b, rank + ctx.mask_rank, ctx.n, ctx.c, ctx.device)
         branch = self.model.prompt_encoder.mask_downscaling
-        g = branch[:-1](mask_input.float())  # (B, 16, h, w)
+        g = branch[:-1](mask_input.to(ctx.device).float())  # (B, 16, h, w)
         if g.shape[-2:] != ctx.grid:
             raise ValueError(f"mask_input gives a {tuple(g.shape[-2:])} grid, the embedding is {ctx.grid}")
         m = ctx.mask_rank - 1
@@ -418,7 +417,7 @@ class LowRankDecoder:
         tok.L[:, m] = 1.0
         tok.R[:, : ctx.mask_rank] = ctx.mask_rows
         tok.r = ctx.mask_rank
-        tok.dd = torch.ones((b, ctx.n))
+        tok.dd = torch.ones((b, ctx.n), device=ctx.device)
         tok.has_mask = True
         return tok
 
@@ -452,8 +451,9 @@ class LowRankDecoder:
         Only the IoU token goes through the last attention here; the mask tokens do in `low_res`, for the prompts
         whose masks are asked for."""
         with torch.inference_mode():
-            coords = torch.from_numpy(np.asarray(points, dtype=np.float64)).reshape(-1, 1, 2)
-            labels = torch.ones((coords.shape[0], 1), dtype=torch.int64)
+            dev = self.ctx.device
+            coords = torch.from_numpy(np.asarray(points, dtype=np.float64)).reshape(-1, 1, 2).to(dev)
+            labels = torch.ones((coords.shape[0], 1), dtype=torch.int64, device=dev)
             sparse, _ = self.model.prompt_encoder((coords, labels), None, None)
             queries, point_embedding, tok = self.layers(sparse)
             iou_token = self.final(queries[:, :1], point_embedding[:, :1], tok)
@@ -466,6 +466,11 @@ class LowRankDecoder:
 
         best_only: logits (B, 1, 4h, 4w) of each prompt's highest-IoU mask only (ties: the first), what a click
         answers with; the mask heads then run for one mask per prompt instead of three."""
+        dev = self.ctx.device
+        if points is not None:
+            points = (points[0].to(dev), points[1].to(dev))
+        if boxes is not None:
+            boxes = boxes.to(dev)
         with torch.inference_mode():
             sparse, _ = self.model.prompt_encoder(points, boxes, None)
             if sparse.shape[1] == 0:
@@ -480,7 +485,8 @@ class LowRankDecoder:
             for i in range(0, len(hs), _HEAD_CHUNK):
                 sel = slice(i, i + _HEAD_CHUNK)
                 hyper = self.hypernetworks(hs[sel, 1:], None if which is None else which[sel])
-                part = tok if len(hs) <= _HEAD_CHUNK else tok.take(torch.arange(i, min(i + _HEAD_CHUNK, len(hs))))
+                part = tok if len(hs) <= _HEAD_CHUNK else tok.take(torch.arange(i, min(i + _HEAD_CHUNK, len(hs)),
+                                                                                 device=dev))
                 chunks.append(self.masks(hyper, part))
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks), iou
 
@@ -491,7 +497,7 @@ class LowRankDecoder:
         mlps = self.model.mask_decoder.output_hypernetworks_mlps
         if which is None:
             return torch.stack([mlps[i + 1](hs[:, i]) for i in range(hs.shape[1])], dim=1)
-        out = torch.empty((*which.shape, mlps[1].layers[-1].out_features))
+        out = torch.empty((*which.shape, mlps[1].layers[-1].out_features), device=hs.device)
         for i in which.unique().tolist():
             rows, cols = torch.nonzero(which == i, as_tuple=True)
             out[rows, cols] = mlps[i + 1](hs[rows, i])
@@ -524,7 +530,7 @@ class _LowRankDecoded:
         self.queries = queries
         self.point_embedding = point_embedding
         self.tok = tok
-        self.iou = iou.float().numpy()
+        self.iou = iou.float().cpu().numpy()
         gh, gw = decoder.ctx.grid
         self.mask_shape = (4 * gh, 4 * gw)
 
@@ -535,9 +541,9 @@ class _LowRankDecoded:
         out = []
         with torch.inference_mode():
             for start in range(0, len(prompts), _HEAD_CHUNK):
-                sel = torch.as_tensor(prompts[start:start + _HEAD_CHUNK])
+                sel = torch.as_tensor(prompts[start:start + _HEAD_CHUNK], device=self.decoder.ctx.device)
                 tok = self.tok.take(sel)
                 hs = self.decoder.final(self.queries[sel][:, mask_tokens], self.point_embedding[sel][:, mask_tokens], tok)
                 out.append(self.decoder.masks(self.decoder.hypernetworks(hs), tok))
             masks = torch.cat(out).reshape(-1, *self.mask_shape)  # (P·3, 256, 256)
-        return masks[torch.as_tensor(inverse.reshape(-1) * 3 + flat_index % 3)]
+        return masks[torch.as_tensor(inverse.reshape(-1) * 3 + flat_index % 3, device=masks.device)]

@@ -21,6 +21,13 @@ from .transforms import boxes_to_input, coords_to_input, resize_image, upscale_l
 MASK_THRESHOLD = 0.0
 
 
+def model_device(model) -> torch.device:
+    """The device of the model's prompt side (and so of its embeddings): CPU for the CPU engines and for models
+    without torch weights (ONNX Runtime's `OnnxSam`)."""
+    buffer = getattr(model, "pixel_mean", None)
+    return buffer.device if isinstance(buffer, torch.Tensor) else torch.device("cpu")
+
+
 @dataclass(frozen=True)
 class ImageEmbedding:
     """An encoded image. features: (1, 256, 64, 64); sizes are (H, W); context: the low-rank decoder's image
@@ -46,6 +53,9 @@ class Predictor:
     def __init__(self, model, max_image_pixels: int = DEFAULT_MAX_PIXELS, low_rank_decoder: bool = True) -> None:
         self.model = model
         self.max_image_pixels = max_image_pixels
+        # Where the model's tensors live (CPU, or "cuda:N" for the torch engine on a GPU): inputs go there, numpy
+        # outputs come back from there.
+        self.device = model_device(model)
         # The low-rank decoder needs an fp32 `Sam` (not e.g. the ONNX Runtime model of `quantization`).
         self.low_rank_decoder = low_rank_decoder and unsupported_reason(model) is None
 
@@ -58,7 +68,7 @@ class Predictor:
         """Image → (normalised padded (1,3,S,S) tensor, original (H,W), resized (h,w))."""
         rgb = load_image(image, self.max_image_pixels)
         resized = resize_image(rgb, self.image_size)
-        x = torch.from_numpy(np.array(resized)).permute(2, 0, 1).unsqueeze(0).to(torch.float32)
+        x = torch.from_numpy(np.array(resized)).permute(2, 0, 1).unsqueeze(0).to(self.device).to(torch.float32)
         return self.model.preprocess(x), (rgb.shape[0], rgb.shape[1]), (resized.shape[0], resized.shape[1])
 
     @torch.inference_mode()
@@ -132,6 +142,10 @@ class Predictor:
         """
         self._check_embedding(emb)
         points, box_t, mask_t = self.prompts_to_input(emb, point_coords, point_labels, boxes, mask_input)
+        if self.device.type != "cpu":
+            points = None if points is None else (points[0].to(self.device), points[1].to(self.device))
+            box_t = None if box_t is None else box_t.to(self.device)
+            mask_t = None if mask_t is None else mask_t.to(self.device)
         if emb.context is not None and (points is not None or box_t is not None):
             low_res, iou = LowRankDecoder(self.model, context=emb.context).decode(points, box_t, mask_t, best_only)
         else:
@@ -140,8 +154,9 @@ class Predictor:
                 low_res = torch.take_along_dim(low_res, iou.argmax(dim=1)[:, None, None, None], dim=1)
         masks = None
         if return_masks:
-            masks = (upscale_logits(low_res, self.image_size, emb.input_size, emb.original_size) > MASK_THRESHOLD).numpy()
-        return masks, iou.numpy().astype(np.float32), low_res.numpy().astype(np.float32)
+            masks = (upscale_logits(low_res, self.image_size, emb.input_size, emb.original_size) > MASK_THRESHOLD)
+            masks = masks.cpu().numpy()
+        return masks, iou.float().cpu().numpy(), low_res.float().cpu().numpy()
 
     def predict(self, emb: ImageEmbedding, point_coords=None, point_labels=None, box=None,
                 mask_input: np.ndarray | None = None):

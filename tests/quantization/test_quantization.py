@@ -92,11 +92,11 @@ def test_load_quantized_refuses_directory_without_metadata(tmp_path):
 # ----------------------------------------------------------------------------- fp32 ONNX export parity
 @pytest.fixture(scope="module")
 def onnx_fp32_dir(parity_checkpoint, tmp_path_factory) -> Path:
-    from tinysam_backend import load_model
+    from tinysam_backend.checkpoint import load_torch_model
     from tinysam_backend.quantization.export import export_onnx
 
     out = tmp_path_factory.mktemp("onnx_fp32")
-    export_onnx(load_model(parity_checkpoint), out)
+    export_onnx(load_torch_model(parity_checkpoint), out)
     return out
 
 
@@ -144,14 +144,14 @@ def test_onnx_decoder_handles_prompt_batches_and_mask_only(onnx_fp32_dir, parity
 def int8_dir(parity_checkpoint, tmp_path_factory) -> Path:
     import skimage.data
 
-    from tinysam_backend import load_model
+    from tinysam_backend.checkpoint import load_torch_model
     from tinysam_backend.image_io import array_to_rgb
     from tinysam_backend.quantization.calibrate import CalibrationConfig, quantize_model
 
     out = tmp_path_factory.mktemp("int8")
     images = [array_to_rgb(skimage.data.camera()), array_to_rgb(skimage.data.coins())]
     cfg = CalibrationConfig(candidates=6, rounds=1, rows_per_image=64, windows_per_call=4, prompts_per_image=2)
-    quantize_model(load_model(parity_checkpoint), images, out, cfg, ["camera", "coins"])
+    quantize_model(load_torch_model(parity_checkpoint), images, out, cfg, ["camera", "coins"])
     return out
 
 

@@ -34,10 +34,10 @@ class PointDecoder(Protocol):
 class _AllLogits:
     def __init__(self, low_res: torch.Tensor, iou: torch.Tensor) -> None:
         self.logits = low_res.reshape(-1, *low_res.shape[-2:])
-        self.iou = iou.float().numpy()
+        self.iou = iou.float().cpu().numpy()
 
     def low_res(self, flat_index: np.ndarray) -> torch.Tensor:
-        return self.logits[torch.as_tensor(np.asarray(flat_index), dtype=torch.long)]
+        return self.logits[torch.as_tensor(np.asarray(flat_index), dtype=torch.long, device=self.logits.device)]
 
 
 class ModelPointDecoder:
@@ -48,8 +48,9 @@ class ModelPointDecoder:
         self.features = features
 
     def __call__(self, points: np.ndarray) -> _AllLogits:
-        coords = torch.from_numpy(np.asarray(points, dtype=np.float32)).reshape(-1, 1, 2)
-        labels = torch.ones((coords.shape[0], 1), dtype=torch.int64)
+        dev = self.features.device  # the model's device (a CPU engine gives CPU features)
+        coords = torch.from_numpy(np.asarray(points, dtype=np.float32)).reshape(-1, 1, 2).to(dev)
+        labels = torch.ones((coords.shape[0], 1), dtype=torch.int64, device=dev)
         low_res, iou = self.model.decode(self.features, (coords, labels), None, None)
         return _AllLogits(low_res, iou)
 
@@ -60,7 +61,7 @@ def splits_into_threads(decoder: PointDecoder) -> bool:
     `model.decode`, whose large activations then contend for memory bandwidth, nor for ONNX Runtime."""
     from ..lowrank_decoder import LowRankDecoder
 
-    return isinstance(decoder, LowRankDecoder)
+    return isinstance(decoder, LowRankDecoder) and decoder.ctx.device.type == "cpu"  # on CUDA: one stream
 
 
 def make_point_decoder(model, features: torch.Tensor, kind: str = "auto", context=None) -> PointDecoder:

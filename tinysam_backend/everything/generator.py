@@ -236,7 +236,7 @@ class _Run:
         x = x[..., : g.input_size[1], : g.input_size[0]]
         if tuple(g.input_size) != tuple(g.original_size):
             x = F.interpolate(x, (g.original_size[1], g.original_size[0]), mode="bilinear", align_corners=False)
-        return x[:, 0].contiguous().numpy()
+        return x[:, 0].contiguous().cpu().numpy()
 
     def filter_masks(self, decoded, points: np.ndarray, high: np.ndarray | None,
                      lock: threading.Lock) -> MaskCandidates:

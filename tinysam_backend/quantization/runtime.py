@@ -218,10 +218,23 @@ def load_quantized(directory: str | Path, intra_op_threads: int = 0, decoder: st
     if not fp32_file:
         raise CheckpointError(f"{directory} has no fp32 decoder weights (artifacts from before they were added); "
                               "re-run `tinysam quantize`, or serve its ONNX decoder (TINYSAM_QUANTIZED_DECODER=onnx)")
-    return _load_hybrid(directory, info, meta, intra_op_threads)
+    encoder = OnnxImageEncoder(create_session(directory / info.encoder_file, session_options(intra_op_threads)),
+                               info.image_size)
+    return _load_hybrid(directory, info, meta, encoder)
 
 
-def _load_hybrid(directory: Path, info: ArtifactInfo, meta: dict, intra_op_threads: int) -> HybridSam:
+def load_with_encoder(directory: str | Path, encoder: nn.Module) -> HybridSam:
+    """The artifact's fp32 prompt encoder / mask decoder around `encoder` (any module mapping the preprocessed
+    (1, 3, S, S) image to the embedding, e.g. the artifact's graph compiled by another runtime)."""
+    directory = Path(directory)
+    info, meta = ArtifactInfo.read(directory)
+    if not meta.get("fp32_decoder"):
+        raise CheckpointError(f"{directory} has no fp32 decoder weights (artifacts from before they were added); "
+                              "re-run `tinysam quantize`, or serve it with ONNX Runtime (engine 'onnxruntime')")
+    return _load_hybrid(directory, info, meta, encoder)
+
+
+def _load_hybrid(directory: Path, info: ArtifactInfo, meta: dict, encoder: nn.Module) -> HybridSam:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -233,8 +246,7 @@ def _load_hybrid(directory: Path, info: ArtifactInfo, meta: dict, intra_op_threa
     except (OSError, SafetensorError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
     base = build_sam(meta.get("variant", "vit_t"))
-    model = HybridSam(OnnxImageEncoder(create_session(directory / info.encoder_file, session_options(intra_op_threads)),
-                                       info.image_size), base.prompt_encoder, base.mask_decoder, base.variant)
+    model = HybridSam(encoder, base.prompt_encoder, base.mask_decoder, base.variant)
     expected = {k for k in model.state_dict() if k.startswith(("prompt_encoder.", "mask_decoder."))}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
@@ -244,5 +256,6 @@ def _load_hybrid(directory: Path, info: ArtifactInfo, meta: dict, intra_op_threa
     except RuntimeError as e:  # shape mismatches
         raise CheckpointError(f"{path} does not fit the {base.variant} decoder: {e}") from e
     model.directory, model.info, model.metadata = directory, info, meta
-    logger.info("loaded %s ONNX image encoder + fp32 decoder from %s", info.precision, directory)
+    logger.info("loaded %s image encoder (%s) + fp32 decoder from %s", info.precision, type(encoder).__name__,
+                directory)
     return model.eval()
