@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .config import Settings
+from .engines import add_engine_arguments
 from .errors import TinySAMError
 
 # Modules that add subcommands (imported only when the CLI runs).
@@ -53,12 +54,14 @@ def cmd_segment(args: argparse.Namespace, settings: Settings) -> int:
     from PIL import Image
 
     from . import Predictor, load_image, load_model
+    from .engines import engine_options
     from .visualize import overlay_masks
 
     if not args.point and args.box is None:
         raise TinySAMError("give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
     image = load_image(args.image, settings.max_image_pixels)
-    predictor = Predictor(load_model(args.checkpoint, settings=settings), settings.max_image_pixels)
+    predictor = Predictor(load_model(args.checkpoint, settings=settings, **engine_options(args)),
+                          settings.max_image_pixels)
     emb = predictor.embed(image)
     coords = labels = None
     if args.point:
@@ -109,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--box", type=_parse_box, metavar="X0,Y0,X1,Y1")
     seg.add_argument("--checkpoint", help="state dict or quantized dir (default: TINYSAM_CHECKPOINT)")
     seg.add_argument("--out", required=True, help="output directory")
+    add_engine_arguments(seg)
     seg.set_defaults(func=cmd_segment)
 
     w = sub.add_parser("weights", help="official checkpoints: list or download")

@@ -24,7 +24,30 @@ from .selection import EngineChoice, EngineError, HostFacts, choose
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EngineChoice", "EngineError", "HostFacts", "build_model", "choose"]
+__all__ = ["EngineChoice", "EngineError", "HostFacts", "add_engine_arguments", "build_model", "choose",
+           "engine_env", "engine_options"]
+
+_ENV = {"device": "TINYSAM_DEVICE", "engine": "TINYSAM_ENGINE", "precision": "TINYSAM_PRECISION"}
+
+
+def add_engine_arguments(parser) -> None:
+    """`--device`, `--engine`, `--precision` on a command (default: TINYSAM_DEVICE / _ENGINE / _PRECISION, "auto")."""
+    from .selection import ENGINES, PRECISIONS
+
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N (default: TINYSAM_DEVICE)")
+    parser.add_argument("--engine", choices=ENGINES, help="image-encoder engine (default: TINYSAM_ENGINE, auto)")
+    parser.add_argument("--precision", choices=PRECISIONS, help="image-encoder precision (default: "
+                        "TINYSAM_PRECISION, auto)")
+
+
+def engine_options(args) -> dict[str, str]:
+    """The `load_model` keywords given on the command line (absent ones fall back to the settings)."""
+    return {k: getattr(args, k) for k in _ENV if getattr(args, k, None)}
+
+
+def engine_env(args) -> dict[str, str]:
+    """The same choices as environment variables, for processes started by a command (`tinysam serve` workers)."""
+    return {_ENV[k]: v for k, v in engine_options(args).items()}
 
 
 def _versions(kind: str) -> dict[str, str]:

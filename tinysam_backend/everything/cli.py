@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+from ..engines import add_engine_arguments
 from .generator import DECODERS, MODES, EverythingParams
 
 _DEFAULTS = EverythingParams()
@@ -29,6 +30,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--points-per-batch", type=int, default=_DEFAULTS.points_per_batch)
     p.add_argument("--decoder", choices=DECODERS, default=_DEFAULTS.decoder,
                    help="fast: low-rank batched decoder (fp32 model); model: model.decode; auto: fast when possible")
+    add_engine_arguments(p)
     p.set_defaults(func=cmd_everything)
 
 
@@ -38,6 +40,7 @@ def _json_number(x: float):
 
 def cmd_everything(args: argparse.Namespace, settings) -> int:
     from .. import Predictor, load_image, load_model
+    from ..engines import engine_options
     from ..errors import TinySAMError
     from ..visualize import overlay_masks
     from .generator import run_everything
@@ -53,7 +56,7 @@ def cmd_everything(args: argparse.Namespace, settings) -> int:
     except ValueError as e:
         raise TinySAMError(str(e)) from e
     image = load_image(args.image, settings.max_image_pixels)
-    model = load_model(args.checkpoint, variant=args.variant, settings=settings)
+    model = load_model(args.checkpoint, variant=args.variant, settings=settings, **engine_options(args))
     predictor = Predictor(model, settings.max_image_pixels)
     result = run_everything(predictor, image, params)
     out = Path(args.out)

@@ -7,6 +7,7 @@ import os
 import sys
 
 from ..config import Settings
+from ..engines import add_engine_arguments, engine_env
 
 APP_FACTORY = "tinysam_backend.label_studio.bridge:create_asgi_app"
 CONFIG = "python:tinysam_backend.label_studio.gunicorn_conf"
@@ -30,7 +31,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     env = dict(os.environ)
     if args.checkpoint:
         env["TINYSAM_CHECKPOINT"] = args.checkpoint  # the workers read it through Settings.from_env()
-        settings = Settings.from_env(env)
+    env.update(engine_env(args))  # --device / --engine / --precision reach the workers the same way
+    settings = Settings.from_env(env)
     LabelStudioSettings.from_env(env)  # fail here, with the variable's name, rather than in every worker
     resolve_checkpoint(settings.checkpoint, settings)
     if not _has_module("gunicorn"):
@@ -89,4 +91,5 @@ def register_cli(subparsers) -> None:
     p.add_argument("--timeout", type=_positive, default=120, help="seconds before an unresponsive worker is restarted")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--checkpoint", help="state dict or quantized dir (default: TINYSAM_CHECKPOINT)")
+    add_engine_arguments(p)
     p.set_defaults(func=cmd_serve)
