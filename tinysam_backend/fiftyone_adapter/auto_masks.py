@@ -77,9 +77,14 @@ def iter_auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hier
     pred = make_predictor(checkpoint, predictor, device=device)
     out_root = None if output_dir is None else Path(output_dir).expanduser() / label_field
 
+    reached = {"fraction": 0.0}
+
     def on_prompts(done, planned):
-        if within is not None and planned:
-            within(done / planned)
+        # prompts done / planned; the plan grows when the second round is known, so a completed plan is not the
+        # end of the image (the per-sample yield is): report only progress inside a plan, never going back
+        if within is not None and 0 < done < planned and done / planned > reached["fraction"]:
+            reached["fraction"] = done / planned
+            within(reached["fraction"])
 
     for i, (sample_id, filepath) in enumerate(zip(ids, paths)):
         try:
@@ -89,6 +94,7 @@ def iter_auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hier
             summary["failed"].append(sample_id)
             yield i + 1, total
             continue
+        reached["fraction"] = 0.0
         records = segment_everything(pred, image, mode=mode, progress=on_prompts, **everything_params)
         size = image.shape[:2]
         del image

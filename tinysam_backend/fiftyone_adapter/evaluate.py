@@ -105,6 +105,16 @@ def _require_masks(view, field: str) -> None:
                          f"expected every detection to carry one")
 
 
+def _require_confidence(view, field: str) -> None:
+    from fiftyone import ViewField as F
+
+    missing = view.count(f"{field}.detections") - view.filter_labels(
+        field, F("confidence") != None, only_matches=False).count(f"{field}.detections")  # noqa: E711
+    if missing:
+        raise ValueError(f"compute_mAP needs a confidence on every prediction; {missing} detections of {field!r} "
+                         f"have none")
+
+
 def check_evaluation_args(view, pred_field: str, gt_field: str, eval_key: str) -> None:
     import fiftyone as fo
 
@@ -139,6 +149,8 @@ def evaluate_masks(view, pred_field: str, gt_field: str, eval_key: str, *, compu
     eval_view = unhidden(view)
     _require_masks(eval_view, gt_field)
     _require_masks(eval_view, pred_field)
+    if compute_mAP:
+        _require_confidence(eval_view, pred_field)
     labels = [v for v in eval_view.distinct(f"{pred_field}.detections.label") if v is not None]
     classwise = bool(labels)
     logger.info("evaluate_masks %s vs %s as %r (classwise=%s, mAP=%s)", pred_field, gt_field, eval_key,
