@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -12,7 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .config import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import ImageError
 
-ImageSource = Union[np.ndarray, Image.Image, str, Path, bytes]
+ImageSource = np.ndarray | Image.Image | str | Path | bytes
 
 # Raster formats users label; formats with decoders outside Pillow's pixel check (PDF, FITS, EPS…) are refused.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "MPO")

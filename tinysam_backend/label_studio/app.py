@@ -30,6 +30,7 @@ from ..errors import TinySAMError
 from .backend import SegmentationBackend, model_version_for
 from .images import ImageFetchError
 from .label_config import LabelConfigError, parse_label_config
+from .openapi import openapi_spec
 from .protocol import RequestError, dumps, parse_predict_request
 from .settings import LabelStudioSettings
 
@@ -171,8 +172,12 @@ def create_app(settings: Settings | None = None, ls_settings: LabelStudioSetting
     def index() -> Response:
         return _json({"name": "tinysam-backend", "model_version": model_version, "model_state": slot.state,
                       "endpoints": ["GET /health", "GET /livez", "POST /setup", "POST /predict", "POST /webhook",
-                                    "GET /versions"],
+                                    "GET /versions", "GET /openapi.json"],
                       "training": False})
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return _json(openapi_spec(ls_settings))
 
     @app.get("/livez")
     def livez() -> Response:
