@@ -24,6 +24,9 @@ def server(parity_checkpoint, media_dir, tmp_path_factory):
     bomb = media_dir / "upload" / "1" / "bomb.png"
     if not bomb.exists():
         Image.new("1", (20000, 20000)).save(bomb, optimize=True)
+    thin = media_dir / "upload" / "1" / "thin.png"  # 5000 × 1: above the 2048:1 aspect ratio the model can take
+    if not thin.exists():
+        Image.new("RGB", (5000, 1), (90, 90, 90)).save(thin)
     env = {"LABEL_STUDIO_MEDIA_DIR": str(media_dir), "TINYSAM_LS_MAX_BODY_BYTES": str(MAX_BODY),
            # Label Studio "down": files not in the media directory are fetched from a closed port.
            "LABEL_STUDIO_URL": f"http://127.0.0.1:{free_port()}", "LABEL_STUDIO_API_KEY": "k" * 40,
@@ -92,6 +95,21 @@ CASES = [
      False, 403, "TINYSAM_LS_ALLOWED_HOSTS"),
     ("ssrf-file", "/predict", predict_body("file:///etc/passwd", [keypoint(1, 1, 4, 4)]), False, 422,
      "scheme 'file'"),
+    # Issue 12: URL confusion, prompt cost, extreme aspect ratio, inflated sizes.
+    ("url-backslash", "/predict", predict_body("http://127.0.0.1:8766\\@127.0.0.1:8765/data/upload/x.png",
+                                                [keypoint(1, 1, 4, 4)]), False, 422, "backslash"),
+    ("url-user-info", "/predict", predict_body("http://user:pw@127.0.0.1:8765/data/upload/x.png",
+                                                [keypoint(1, 1, 4, 4)]), False, 422, "user info"),
+    ("url-control-char", "/predict", predict_body("http://127.0.0.1:8766\t@127.0.0.1:8765/x.png",
+                                                   [keypoint(1, 1, 4, 4)]), False, 422, "control character"),
+    ("url-bad-port", "/predict", predict_body("http://127.0.0.1:99999/x.png", [keypoint(1, 1, 4, 4)]), False, 422,
+     "cannot be parsed"),
+    ("too-many-points", "/predict", _context(*[keypoint(1 + i % 98, 1 + i // 98, 64, 48) for i in range(100)]), False,
+     422, "more than the limit of 64 per request (TINYSAM_LS_MAX_POINTS)"),
+    ("too-many-regions", "/predict", _context(*[{"type": "choices"}] * 1001), False, 422, "1001 regions"),
+    ("size-inflated", "/predict", _context(keypoint(10, 20, 6400, 4800)), False, 422, "decodes to 64x48"),
+    ("aspect-5000x1", "/predict", predict_body("/data/upload/1/thin.png", [keypoint(50, 50, 5000, 1)]), False, 422,
+     "aspect ratios above 2048:1"),
     ("setup-not-json", "/setup", b"nope", True, 400, "not valid JSON"),
     ("setup-bad-schema", "/setup", {"schema": "<View><Header value='x'/></View>"}, False, 422, "no <Image> tag"),
     ("train", "/train", {}, False, 501, "training is not offered"),

@@ -40,7 +40,10 @@ region = st.fixed_dictionaries({"type": st.sampled_from(["keypointlabels", "rect
 valid_refs = st.sampled_from(["/data/upload/1/img0.png", "/data/upload/1/img1.png"])
 image_refs = valid_refs | valid_refs | st.sampled_from(["/data/upload/1/img0.png", "/data/upload/1/img1.png", "/data/upload/1/broken.png",
                               "/data/upload/1/doc.pdf", "/data/upload/1/missing.png", "/data/upload/../../etc/passwd",
-                              "http://169.254.169.254/latest", "file:///etc/passwd", "gopher://x", ""]) | any_json
+                              "http://169.254.169.254/latest", "file:///etc/passwd", "gopher://x", "",
+                              "http://127.0.0.1:1\\@127.0.0.1:2/data/upload/1/img0.png", "http://u@h/x.png",
+                              "http://h:99999/x", "http://[::1/x", "http://h/\x00", "/data/upload/1/img0.png\t",
+                              "http://ex\u00e4mple.com/x.png", "//h/x.png"]) | any_json
 configs = st.sampled_from([LABEL_CONFIG, "<View/>", "<View><Image name='image' value='$image'/></View>", "<<<",
                            '<!DOCTYPE a [<!ENTITY b "c">]><View/>']) | any_json
 task = st.fixed_dictionaries({"data": st.fixed_dictionaries({"image": image_refs}) | any_json},
