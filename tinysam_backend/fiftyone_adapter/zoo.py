@@ -8,13 +8,16 @@
 
 The contract is that of FiftyOne's own Segment Anything zoo models: `prompt_field` (or `box_prompt_field` /
 `point_prompt_field`) names a `Detections` or `Keypoints` field whose labels become prompts, one instance mask
-per prompt with its label; without one, every mask segment-everything finds. `batch_size` and `num_workers` are
-FiftyOne's (images are decoded in data-loader workers); `device` goes to `load_model`.
+per prompt with its label; without one, every mask segment-everything finds. `batch_size` is FiftyOne's (images
+per `predict_all`); `num_workers` decodes images in FiftyOne's data-loader workers where torchvision is installed
+(FiftyOne's data loader needs it; elsewhere FiftyOne ignores `num_workers` with a warning); `device`, `engine`
+and `precision` go to `load_model`.
 
 Weights: `download_model` fetches the manifest's checkpoint with the project's own fetch + checksum code
 (`tinysam_backend.weights`), reusing the TinySAM cache (`TINYSAM_CACHE_DIR`); "tinysam-int8" is then quantized
 to real int8 (`tinysam quantize`'s calibration). Offline, `load_zoo_model("tinysam", checkpoint=PATH)` or
-`TINYSAM_CHECKPOINT` name a local file and nothing is fetched.
+`TINYSAM_CHECKPOINT` name a local file (FiftyOne still calls the download hook first: without a network it logs
+a warning and leaves the model undownloaded, a checksum mismatch is an error).
 """
 
 from __future__ import annotations
@@ -63,7 +66,12 @@ def download_model(model_name: str, model_path: str) -> None:
 
     entry = _model_entry(model_name)
     settings = Settings.from_env()
-    fp32 = fetch(lookup(entry["weights"]), settings.cache_dir)
+    try:
+        fp32 = fetch(lookup(entry["weights"]), settings.cache_dir)
+    except OSError as e:  # no network: FiftyOne downloads before it loads, so offline use must get past here
+        logger.warning("could not fetch the %s weights (%s); nothing downloaded. Offline, pass checkpoint=PATH to "
+                       "load_zoo_model or set TINYSAM_CHECKPOINT", model_name, e)
+        return
     dest = Path(model_path)
     if not entry["int8"]:
         _place(fp32, dest)
@@ -100,7 +108,8 @@ def load_model(model_name: str, model_path: str, checkpoint=None, device=None, e
                 f"run `fiftyone zoo models download {model_name}` or pass checkpoint=PATH to load_zoo_model")
         source = model_path
     predictor = make_predictor(source, None, device=device, engine=engine, precision=precision)
-    return TinySAMModel(predictor, name=model_name, mode=mode, prompts_per_batch=prompts_per_batch,
+    cls = _loader_model_class() if _has_data_loader() else TinySAMModel
+    return cls(predictor, name=model_name, mode=mode, prompts_per_batch=prompts_per_batch,
                         everything_params=everything_params)
 
 
@@ -120,13 +129,21 @@ def _collate_list(batch):
 def _model_bases():
     import fiftyone.core.models as fom
 
-    return fom.Model, fom.SamplesMixin, fom.TorchModelMixin
+    return fom.Model, fom.SamplesMixin
 
 
 try:
     _BASES = _model_bases()
 except ImportError:  # pragma: no cover - FiftyOne not installed
     _BASES = (object,)
+
+
+def _has_data_loader() -> bool:
+    """FiftyOne's data loader (`fiftyone.utils.torch`) needs torchvision; without it images are read in the
+    main loop and `num_workers` is ignored by FiftyOne (with its warning)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
 
 
 class TinySAMModel(*_BASES):
@@ -225,3 +242,10 @@ class TinySAMModel(*_BASES):
         masks, scores = _prompt_masks(self.predictor, emb, prompts, size, boxes, self.prompts_per_batch)
         return fo.Detections(detections=[prompt_mask_to_detection(p, m, float(s), size)
                                          for p, m, s in zip(prompts, masks, scores)])
+
+
+def _loader_model_class():
+    """`TinySAMModel` that FiftyOne feeds through its torch data loader (`num_workers` decode images in parallel)."""
+    import fiftyone.core.models as fom
+
+    return type("TinySAMLoaderModel", (TinySAMModel, fom.TorchModelMixin), {"__module__": __name__})
