@@ -120,6 +120,9 @@ class _Dist:
 def _setup_distributed(device: str | None) -> _Dist:
     """Join the process group when launched by torchrun (env:// rendezvous); else a single process."""
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but this PyTorch sees no CUDA device "
+                         f"(torch {torch.__version__}); use device='cpu' or install a CUDA build of torch")
     if dist.is_torchelastic_launched() and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if dist.is_initialized():
@@ -315,6 +318,101 @@ def _load_student(cfg: DistillConfig) -> Sam:
     return load_torch_model(cfg.student_init, variant=cfg.student_variant)
 
 
+def _prepare_models(cfg: DistillConfig, device: torch.device, teacher: Sam | None,
+                    student: Sam | None) -> tuple[Sam, Sam]:
+    """The frozen teacher (eval mode, no gradients) and the student, both on `device`."""
+    if teacher is None:
+        if cfg.teacher is None:
+            raise ValueError("a teacher is required: give config.teacher (a checkpoint) or a teacher model")
+        teacher = load_torch_model(cfg.teacher, variant=cfg.teacher_variant)
+    if not isinstance(teacher, Sam):
+        raise TypeError(f"teacher must be an fp32 Sam model, got {type(teacher).__name__}")
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    student = (student if student is not None else _load_student(cfg)).to(device)
+    if student.image_size != teacher.image_size:
+        raise ValueError(f"student and teacher image sizes differ: {student.image_size} vs {teacher.image_size}")
+    return teacher, student
+
+
+def _resume(cfg: DistillConfig, out: Path, student: Sam, device: torch.device) -> dict | None:
+    """With `resume` and a saved run in `out`: load the last student weights, return the trainer state."""
+    if not (cfg.resume and (out / TRAINER_STATE).exists()):
+        return None
+    state = torch.load(out / TRAINER_STATE, map_location=device, weights_only=True)
+    sd = torch.load(out / LAST_CHECKPOINT, map_location=device, weights_only=True)
+    load_state_dict_checked(student, sd, str(out / LAST_CHECKPOINT))
+    logger.info("resuming from step %d", int(state["step"]))
+    return state
+
+
+@dataclass
+class _Optimization:
+    """What one optimisation step needs: the (DDP-wrapped) step module, its parameters, optimiser, schedule."""
+
+    step_module: nn.Module
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    frozen_bn: bool
+
+    @classmethod
+    def build(cls, cfg: DistillConfig, student: Sam, d: _Dist, state: dict | None) -> _Optimization:
+        frozen_bn = cfg.freeze_batchnorm if cfg.freeze_batchnorm is not None else cfg.student_init is not None
+        student.train()
+        set_batchnorm_frozen(student, frozen_bn)
+        params = _trainable(student)
+        step_module: nn.Module = _StudentStep(student)
+        if d.enabled:
+            step_module = nn.parallel.DistributedDataParallel(
+                step_module, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+                find_unused_parameters=True)  # box / mask-prompt embeddings are used only on some steps
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        return cls(step_module, params, optimizer, scheduler, frozen_bn)
+
+    def step(self, loss: torch.Tensor, cfg: DistillConfig, student: Sam, d: _Dist) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if d.enabled and not self.frozen_bn:
+            _average_batchnorm_statistics(student, d)
+
+
+def _schedule(sampler, batch_images: int, start: int, end: int):
+    """(step, epoch, dataset indices) for steps start..end-1; epochs reshuffle through the distributed sampler."""
+    per_epoch = math.ceil(len(sampler) / batch_images)
+    order: list[int] = []
+    epoch = -1
+    for step in range(start, end):
+        if step // per_epoch != epoch:
+            epoch = step // per_epoch
+            sampler.set_epoch(epoch)
+            order = list(sampler)
+        k = step % per_epoch
+        yield step, epoch, order[k * batch_images:(k + 1) * batch_images]
+
+
+def save_student(student: Sam, path: Path) -> None:
+    """The student's state dict in the official key layout (what `load_model` and the official code read)."""
+    _save_atomic(student.state_dict(), path)
+
+
+def _save_outputs(out: Path, done: int, end: int, cfg: DistillConfig, student: Sam, opt: _Optimization) -> None:
+    if done % cfg.save_every != 0 and done != end:
+        return
+    save_student(student, out / LAST_CHECKPOINT)
+    if done % cfg.save_every == 0:
+        save_student(student, out / f"student_step{done:07d}.pth")
+    _save_atomic({"step": done, "optimizer": opt.optimizer.state_dict(), "scheduler": opt.scheduler.state_dict(),
+                  "config": json.loads(json.dumps(asdict(cfg), default=str))}, out / TRAINER_STATE)
+
+
 def distill(config: DistillConfig, teacher: Sam | None = None, student: Sam | None = None) -> Path:
     """Run distillation; returns the path of the last student checkpoint.
 
@@ -326,26 +424,9 @@ def distill(config: DistillConfig, teacher: Sam | None = None, student: Sam | No
     d = _setup_distributed(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    if teacher is None:
-        if cfg.teacher is None:
-            raise ValueError("a teacher is required: give config.teacher (a checkpoint) or a teacher model")
-        teacher = load_torch_model(cfg.teacher, variant=cfg.teacher_variant)
-    if not isinstance(teacher, Sam):
-        raise TypeError(f"teacher must be an fp32 Sam model, got {type(teacher).__name__}")
-    teacher = teacher.to(d.device).eval().requires_grad_(False)
-    student = (student if student is not None else _load_student(cfg)).to(d.device)
-    if student.image_size != teacher.image_size:
-        raise ValueError(f"student and teacher image sizes differ: {student.image_size} vs {teacher.image_size}")
-
-    start = 0
-    state = None
-    if cfg.resume and (out / TRAINER_STATE).exists():
-        state = torch.load(out / TRAINER_STATE, map_location=d.device, weights_only=True)
-        sd = torch.load(out / LAST_CHECKPOINT, map_location=d.device, weights_only=True)
-        load_state_dict_checked(student, sd, str(out / LAST_CHECKPOINT))
-        start = int(state["step"])
-        logger.info("resuming from step %d", start)
+    teacher, student = _prepare_models(cfg, d.device, teacher, student)
+    state = _resume(cfg, out, student, d.device)
+    start = int(state["step"]) if state is not None else 0
 
     dataset = ImageFolderDataset(cfg.images, student.image_size, cfg.annotations, cfg.max_image_pixels)
     cache = TeacherEmbeddingCache(cfg.teacher_cache or out / "teacher_embeddings", teacher)
@@ -353,80 +434,38 @@ def distill(config: DistillConfig, teacher: Sam | None = None, student: Sam | No
     if d.enabled:
         dist.barrier()
 
-    frozen_bn = cfg.freeze_batchnorm if cfg.freeze_batchnorm is not None else cfg.student_init is not None
-    student.train()
-    set_batchnorm_frozen(student, frozen_bn)
-    params = _trainable(student)
-    step_module: nn.Module = _StudentStep(student)
-    if d.enabled:
-        step_module = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[d.device.index] if d.device.type == "cuda" else None,
-            find_unused_parameters=True)  # box / mask-prompt embeddings are used only on some steps
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-
+    opt = _Optimization.build(cfg, student, d, state)
     sampler = torch.utils.data.DistributedSampler(range(len(dataset)), num_replicas=d.world_size, rank=d.rank,
                                                   shuffle=True, seed=cfg.seed, drop_last=False)
-    per_epoch = math.ceil(len(sampler) / cfg.batch_images)
-    files = contextlib.ExitStack()
-    metrics_file = files.enter_context(open(out / METRICS, "a")) if d.rank == 0 else None  # noqa: SIM115 (closed in finally)
+    end = cfg.steps if cfg.stop_at is None else cfg.stop_at
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and d.rank == 0), desc="distill")
-    last = out / LAST_CHECKPOINT
-    try:
-        order: list[int] = []
-        epoch = -1
-        end = cfg.steps if cfg.stop_at is None else cfg.stop_at
-        for step in range(start, end):
-            if step // per_epoch != epoch:
-                epoch = step // per_epoch
-                sampler.set_epoch(epoch)
-                order = list(sampler)
-            k = step % per_epoch
-            samples = [dataset[i] for i in order[k * cfg.batch_images:(k + 1) * cfg.batch_images]]
+    with contextlib.ExitStack() as files:
+        metrics_file = files.enter_context(open(out / METRICS, "a")) if d.rank == 0 else None
+        bar = files.enter_context(tqdm(total=cfg.steps, initial=start, desc="distill",
+                                       disable=not (cfg.progress and d.rank == 0)))
+        for step, epoch, indices in _schedule(sampler, cfg.batch_images, start, end):
+            samples = [dataset[i] for i in indices]
             t_embs = torch.stack([cache.load(s.key) for s in samples]).to(d.device)
-            gen = _step_generator(cfg, step, d.rank, d.device)
-            lr = scheduler.get_last_lr()[0]
+            lr = opt.scheduler.get_last_lr()[0]
             t0 = time.perf_counter()
-            loss, metrics = _distill_step(step_module, teacher, samples, t_embs, cfg, gen, d.device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if d.enabled and not frozen_bn:
-                _average_batchnorm_statistics(student, d)
+            loss, metrics = _distill_step(opt.step_module, teacher, samples, t_embs, cfg,
+                                          _step_generator(cfg, step, d.rank, d.device), d.device)
+            opt.step(loss, cfg, student, d)
             if d.device.type == "cuda":
                 torch.cuda.synchronize(d.device)  # time the step, not the kernel launches
             metrics["seconds"] = time.perf_counter() - t0
             metrics = _reduce_metrics(metrics, d)
-            done = step + 1
             if d.rank == 0:
-                record = {"step": done, "epoch": epoch, "lr": lr, **metrics}
-                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.write(json.dumps({"step": step + 1, "epoch": epoch, "lr": lr, **metrics}) + "\n")
                 metrics_file.flush()
                 bar.set_postfix(loss=f"{metrics['total']:.4f}", iou=f"{metrics['mask_iou_vs_teacher']:.3f}")
-                if done % cfg.save_every == 0 or done == end:
-                    sd = student.state_dict()
-                    _save_atomic(sd, last)
-                    if done % cfg.save_every == 0:
-                        _save_atomic(sd, out / f"student_step{done:07d}.pth")
-                    _save_atomic({"step": done, "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(),
-                                  "config": json.loads(json.dumps(asdict(cfg), default=str))}, out / TRAINER_STATE)
+                _save_outputs(out, step + 1, end, cfg, student, opt)
             bar.update(1)
-    finally:
-        bar.close()
-        files.close()
     if d.enabled:
         dist.barrier()
     student.eval()
-    return last
+    return out / LAST_CHECKPOINT
 
 
 def evaluate_agreement(student: Sam, teacher: Sam, dataset, prompts_per_image: int = 16, max_rounds: int = 9,
@@ -461,4 +500,4 @@ def evaluate_agreement(student: Sam, teacher: Sam, dataset, prompts_per_image: i
     return total / len(dataset)
 
 
-__all__ = ["DistillConfig", "LossWeights", "distill", "evaluate_agreement", "set_batchnorm_frozen"]
+__all__ = ["DistillConfig", "LossWeights", "distill", "evaluate_agreement", "save_student", "set_batchnorm_frozen"]
