@@ -8,85 +8,45 @@ here) in a throw-away data directory, with the settings it needs to accept a bac
 from __future__ import annotations
 
 import io
-import os
-import subprocess
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from ls_helpers import EVERYTHING_TEST_ENV, LABEL_CONFIG, REPO, free_port, keypoint, rectangle, require, serve
+from ls_helpers import EVERYTHING_TEST_ENV, LABEL_CONFIG, keypoint, random_image, rectangle, require, serve
+from ls_server import (
+    OFFLINE_ENV,
+    TOKEN,
+    label_studio_env,
+    label_studio_executable,
+    start_label_studio,
+    wait_for_prediction,
+)
 from PIL import Image
 
 pytestmark = pytest.mark.e2e
-
-TOKEN = "0123456789abcdef0123456789abcdef01234567"
-STARTUP_TIMEOUT = 300
-
-
-class LabelStudio:
-    def __init__(self, url: str, proc: subprocess.Popen, log: Path) -> None:
-        self.url = url
-        self.proc = proc
-        self.log = log
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {TOKEN}"
-
-    def api(self, method: str, path: str, expect: int = 200, **kw):
-        r = self.session.request(method, self.url + path, timeout=150, **kw)
-        assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.text[:500]}"
-        return r.json() if r.content else None
+logger = logging.getLogger(__name__)
+PREDICTION_TIMEOUT = 300  # background pre-annotation of a small image takes seconds; bounded for a loaded machine
 
 
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory):
-    venv = Path(os.environ.get("TINYSAM_LS_VENV", REPO / ".venv-ls"))
-    exe = venv / "bin" / "label-studio"
-    require(exe.is_file(), f"Label Studio 1.23.2 not installed at {venv} (run .ci/label_studio.sh)")
-    data = tmp_path_factory.mktemp("label-studio")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "TINYSAM_"))}
-    env.update({
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_USERNAME": "e2e@example.com",
-        "LABEL_STUDIO_PASSWORD": "e2e-password-123", "LABEL_STUDIO_USER_TOKEN": TOKEN,
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-        # Needed for a backend on 127.0.0.1 (connecting it also creates a webhook, checked against SSRF rules).
-        "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false", "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
-        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
-        # No traffic off this machine: no PyPI version check, no analytics, no Sentry reports.
-        "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
-    })
-    log = data / "label-studio.log"
-    with log.open("w") as handle:
-        proc = subprocess.Popen([str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port",
-                                 str(port)], cwd=data, env=env, stdout=handle, stderr=subprocess.STDOUT)
-    ls = LabelStudio(f"http://127.0.0.1:{port}", proc, log)
-    start = time.monotonic()
+    require(label_studio_executable().is_file(),
+            f"Label Studio 1.23.2 not installed at {label_studio_executable().parents[1]} (run .ci/label_studio.sh)")
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"Label Studio exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            if time.monotonic() - start > STARTUP_TIMEOUT:
-                pytest.fail(f"Label Studio not up after {STARTUP_TIMEOUT} s:\n{log.read_text()[-3000:]}")
-            try:
-                if ls.session.get(ls.url + "/api/projects/", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        yield ls
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        ls = start_label_studio(tmp_path_factory.mktemp("label-studio"))
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    yield ls
+    ls.stop()
 
 
 @pytest.fixture(scope="module")
 def backend(label_studio, parity_checkpoint, tmp_path_factory):
-    env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": TOKEN, **EVERYTHING_TEST_ENV}
+    env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": TOKEN, "TINYSAM_LS_PREANNOTATE": "background",
+           **EVERYTHING_TEST_ENV}
     served = serve(parity_checkpoint, env, tmp_path_factory.mktemp("backend") / "gunicorn.log")
     yield served
     served.stop()
@@ -164,21 +124,86 @@ def test_rectangle_prompt(label_studio, project, parity_predictor, parity_images
     assert np.array_equal(_decode(data["result"][0]), expected)
 
 
+def _check_everything_regions(regions: list[dict], image: np.ndarray) -> None:
+    assert 1 <= len(regions) <= 5  # TINYSAM_LS_BATCH_MAX_REGIONS
+    h, w = image.shape[:2]
+    for region in regions:
+        assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Object"]
+        assert _decode(region).shape == (h, w)
+
+
 def test_batch_predictions_are_stored(label_studio, project, parity_images):
+    """"Retrieve predictions" on every task: Label Studio gets its answer at once, the backend writes each task's
+    prediction through Label Studio's API, and every task ends with exactly one prediction of the model."""
     ls = label_studio
     answer = ls.api("POST", "/api/dm/actions/", params={"id": "retrieve_tasks_predictions", "project": project["id"]},
                     json={"selectedItems": {"all": True, "excluded": []}})
     assert answer["processed_items"] == 2, answer
+    version = project["ml"]["model_version"]
     for name, task in project["tasks"].items():
+        assert wait_for_prediction(ls, task["id"], version, PREDICTION_TIMEOUT) is not None, name
         predictions = ls.api("GET", "/api/predictions/", params={"task": task["id"]})
-        ours = [p for p in predictions if p["model_version"] == project["ml"]["model_version"]]
+        ours = [p for p in predictions if p["model_version"] == version]
         assert len(ours) == 1, predictions
-        regions = ours[0]["result"]
-        assert 1 <= len(regions) <= 5
-        h, w = parity_images[name].shape[:2]
-        for region in regions:
-            assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Object"]
-            assert _decode(region).shape == (h, w)
+        _check_everything_regions(ours[0]["result"], parity_images[name])
+
+
+def test_opening_an_unpredicted_task_answers_at_once_and_the_prediction_follows(label_studio, project, backend,
+                                                                                 parity_predictor):
+    """With Label Studio's defaults, loading a task without predictions (`GET /api/tasks/<id>/`, what the labelling
+    page does) calls the backend and waits. The backend answers without a prediction, so the task comes back at
+    once with none; its everything-mode prediction is written to Label Studio afterwards."""
+    from tinysam_backend.everything import segment_everything
+
+    ls = label_studio
+    image = random_image(21, 180, 240)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")
+    ls.api("POST", f"/api/projects/{project['id']}/import", 201,
+           files={"file": ("unpredicted.png", buf.getvalue(), "image/png")})
+    [task] = [t for t in ls.api("GET", "/api/tasks/", params={"project": project["id"]})["tasks"]
+              if "unpredicted" in t["data"]["image"]]
+    assert ls.api("GET", f"/api/projects/{project['id']}/")["show_collab_predictions"] is True  # Label Studio's default
+
+    start = time.perf_counter()
+    opened = ls.api("GET", f"/api/tasks/{task['id']}/", params={"project": project["id"]})
+    logger.info("task open with no prediction took %.2f s", time.perf_counter() - start)
+    assert opened["predictions"] == []  # not computed while Label Studio waited
+
+    version = project["ml"]["model_version"]
+    written = wait_for_prediction(ls, task["id"], version, PREDICTION_TIMEOUT)
+    assert written is not None, f"no prediction after {PREDICTION_TIMEOUT} s:\n{backend.log_text()[-2000:]}"
+    _check_everything_regions(written["result"], image)
+    # The same masks as everything mode in this process with the backend's parameters (highest IoU first, top 5);
+    # a pixel whose logit is ~0 may flip between thread counts.
+    params = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "high_score_thresh": 0.12}
+    records = segment_everything(parity_predictor, image, mode="hierarchical", **params)[:5]
+    assert len(written["result"]) == len(records)
+    from pycocotools import mask as mask_utils
+
+    for region, record in zip(written["result"], records, strict=True):
+        expected = mask_utils.decode(record["segmentation"]).astype(bool)
+        assert np.mean(_decode(region) != expected) < 1e-3
+        assert region["score"] == pytest.approx(record["predicted_iou"], abs=1e-4)
+    # Opened again: Label Studio shows the stored prediction (and does not ask the backend again).
+    again = ls.api("GET", f"/api/tasks/{task['id']}/", params={"project": project["id"]})
+    assert [p["id"] for p in again["predictions"]] == [written["id"]]
+    stats = requests.get(backend.url + "/health", timeout=10).json()["stats"]["preannotate"]
+    assert stats["mode"] == "background" and stats["failed"] == 0 and stats["written"] >= 3
+
+
+def test_label_studio_runs_offline(label_studio):
+    """The variables of an offline install reach the running Label Studio process."""
+    raw = Path(f"/proc/{label_studio.proc.pid}/environ").read_bytes().decode()
+    environ = dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+    for name, value in OFFLINE_ENV.items():
+        assert environ.get(name) == value, name
+    assert label_studio_env(label_studio.log.parent)["LATEST_VERSION_CHECK"] == "false"
+
+
+def test_worker_was_warmed_up_before_it_reported_ready(backend):
+    warm = requests.get(backend.url + "/health", timeout=10).json()["stats"]["warm_up"]
+    assert warm["done"] is True and warm["encodes"] == 1
 
 
 def test_personal_access_token_fetches_images(label_studio, project, parity_images):
