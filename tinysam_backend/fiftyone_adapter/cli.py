@@ -1,4 +1,5 @@
-"""`tinysam fo-preview`: PNG of one FiftyOne sample with its TinySAM masks beside its ground truth."""
+"""FiftyOne subcommands: `tinysam fo-preview` (PNG of one sample, TinySAM masks beside the ground truth) and
+`tinysam fo-workers` (delegated workers with TinySAM's malloc settings, `workers.py`)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--index", type=int, default=0, help="position of the sample in the dataset (default 0)")
     p.add_argument("--out", required=True, help="output PNG path")
     p.set_defaults(func=cmd_fo_preview)
+
+    from .workers import register_cli as register_workers
+
+    register_workers(subparsers)
