@@ -259,3 +259,12 @@ def test_trickling_host_is_cut_at_the_deadline(hosts, path):
     elapsed = time.monotonic() - start
     assert elapsed < 20.0, elapsed  # ended long before the 40 s stream would (the deadline itself is 1.5 s)
     assert info.value.status == 504 and "deadline of 1.5 s" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("url", ["http://user:pw@ls.internal:8080", "http://ls.internal:8080\\@other:1",
+                                 "http://ls.internal:99999"])
+def test_an_ambiguous_label_studio_url_fails_at_start_up(url):
+    from tinysam_backend.label_studio.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="LABEL_STUDIO_URL"):
+        LabelStudioSettings.from_env({"LABEL_STUDIO_URL": url, "LABEL_STUDIO_API_KEY": KEY})

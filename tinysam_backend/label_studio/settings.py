@@ -144,6 +144,14 @@ class LabelStudioSettings:
     def __post_init__(self) -> None:
         if self.label_studio_url is not None and not self.label_studio_url.startswith(("http://", "https://")):
             raise SettingsError(f"LABEL_STUDIO_URL must start with http:// or https://, got {self.label_studio_url!r}")
+        if self.label_studio_url is not None:  # by the rules every fetched URL follows (user info, backslashes…)
+            from .images.errors import ImageFetchError
+            from .images.urls import parse_image_url
+
+            try:
+                parse_image_url(self.label_studio_url, "LABEL_STUDIO_URL")
+            except ImageFetchError as e:
+                raise SettingsError(str(e)) from None
         if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
         if not 0.0 <= self.batch_min_area < 1.0:
