@@ -1,6 +1,6 @@
 """What an annotator waits for when a task opens, and the first click after `tinysam serve` starts (not a test).
 
-    .venv/bin/python benchmarks/label_studio_task_open.py [--phase all|cold|open] [--before-tree DIR]
+    .venv/bin/python benchmarks/label_studio_task_open.py [--phase all|cold|open] [--before-tree DIR] [--repeat 3]
                                                           [--tasks 2] [--checkpoint PATH]
 
 cold: start `tinysam serve` (parity checkpoint: TinySAM's architecture and cost), wait for /health 200, then time
@@ -111,17 +111,26 @@ def phase_cold(args, tmp: Path) -> None:
     for name, rgb in images.items():
         Image.fromarray(rgb).save(media / "upload" / "1" / f"{name}.png")
     trees = ([("before", Path(args.before_tree))] if args.before_tree else []) + [("this tree", REPO)]
-    print("\ncold first click after `tinysam serve` reports ready (1 worker x 4 threads):")
-    print(f"{'code':>12} {'ready after':>12} {'1st click, image 1':>19} {'1st click, image 2':>19}")
-    for label, tree in trees:
-        proc, url, ready = serve_from(tree, Path(args.checkpoint), {"LABEL_STUDIO_MEDIA_DIR": str(media)},
-                                      tmp / f"gunicorn-{label.replace(' ', '-')}.log")
-        try:
-            first = click(url, "astronaut", images["astronaut"], 1)
-            second = click(url, "coffee", images["coffee"], 2)
-        finally:
-            stop(proc)
-        print(f"{label:>12} {ready:>11.1f}s {first:>18.2f}s {second:>18.2f}s")
+    print(f"\ncold first click after `tinysam serve` reports ready (1 worker x 4 threads), {args.repeat} fresh "
+          "server(s) per tree, trees alternating; median [min-max]:")
+    runs: dict[str, list[tuple[float, float, float]]] = {label: [] for label, _ in trees}
+    for i in range(args.repeat):
+        for label, tree in trees:
+            proc, url, ready = serve_from(tree, Path(args.checkpoint), {"LABEL_STUDIO_MEDIA_DIR": str(media)},
+                                          tmp / f"gunicorn-{label.replace(' ', '-')}-{i}.log")
+            try:
+                first = click(url, "astronaut", images["astronaut"], 1)
+                second = click(url, "coffee", images["coffee"], 2)
+            finally:
+                stop(proc)
+            runs[label].append((ready, first, second))
+            print(f"  run {i + 1} {label}: ready after {ready:.1f} s, first click {first:.2f} s, first click on a "
+                  f"second image {second:.2f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"{'code':>12} {'ready after':>16} {'1st click, image 1':>20} {'1st click, image 2':>20}")
+    for label, rows in runs.items():
+        cols = [np.asarray(c) for c in zip(*rows)]
+        print(f"{label:>12} " + " ".join(f"{np.median(c):>7.2f} [{c.min():.1f}-{c.max():.1f}]".rjust(w)
+                                         for c, w in zip(cols, (16, 20, 20))))
 
 
 def phase_open(args, tmp: Path) -> None:
@@ -179,6 +188,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--phase", choices=["all", "cold", "open"], default="all")
     parser.add_argument("--before-tree", help="another checkout to run the cold phase from first")
+    parser.add_argument("--repeat", type=int, default=3, help="fresh servers per tree in the cold phase")
     parser.add_argument("--tasks", type=int, default=2, choices=range(1, len(IMAGES) + 1))
     parser.add_argument("--checkpoint", default=str(REPO.parent / "shared" / "parity" / "tinysam_random_weights.pth"))
     args = parser.parse_args()
