@@ -1,19 +1,30 @@
-"""Memory while `auto_mask` runs over a FiftyOne dataset: resident set size (RSS) per sample, growth printed.
+"""What the FiftyOne adapter adds to segment-everything: time, minor page faults and resident memory per image.
 
-Masks kept in the documents and masks written to disk (`output_dir`) are measured side by side in one run,
-each on its own dataset of N distinct small images (crops of scikit-image's bundled photos), in FiftyOne's
-configured database (uniquely named datasets, deleted afterwards). The model defaults to the tiny random test variant (fast; the adapter's memory is what
-is measured); `--checkpoint` runs a real one.
+Three ways over the same N images, interleaved image by image in one process (same model, same allocator state):
 
-    python benchmarks/fiftyone_rss.py --images 200
-    python benchmarks/fiftyone_rss.py --images 200 --checkpoint ../shared/parity/tinysam_random_weights.pth
+- `segment_everything`: the core, called on each image (the reference);
+- `auto_mask`, masks in the documents (FiftyOne dataset, labels written per sample);
+- `auto_mask`, masks as PNGs on disk (`output_dir`).
+
+Per way: median seconds per image, the median over images of its time against the core's on the same image,
+minor page faults per image (getrusage), and RSS with its growth after the warm-up (a leak shows as steady
+growth). Datasets are uniquely named in FiftyOne's configured database and deleted afterwards. The allocator state is printed:
+`--tuned-env` re-executes the script with TinySAM's malloc variables (what `tinysam` commands and
+`tinysam fo-workers` do); without it the process has only what `mallopt` allows (FiftyOne's own processes).
+
+    python benchmarks/fiftyone_rss.py --images 6 --size 512 --points-per-side 16 --checkpoint ../shared/parity/tinysam_random_weights.pth
+    python benchmarks/fiftyone_rss.py --images 6 --size 512 --points-per-side 16 --checkpoint ... --tuned-env
+    python benchmarks/fiftyone_rss.py --images 200            # tiny random model: RSS growth over many images
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import resource
 import shutil
+import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -25,6 +36,7 @@ MiB = 1 << 20
 
 
 def make_images(out: Path, n: int, size: int, seed: int = 0) -> list[str]:
+    """n distinct RGB crops of scikit-image's bundled photos, sides between 3/4 size and size, as PNGs."""
     import skimage.data
     from PIL import Image
 
@@ -59,30 +71,69 @@ def build_predictor(checkpoint: str | None):
     return Predictor(build_sam("tiny_test_t").eval())
 
 
-def measure(fo, paths, predictor, label: str, output_dir, params, marks) -> dict:
-    import psutil
+class Meter:
+    """Per-image wall time, minor faults and RSS, sampled by `tick()` after each image."""
 
+    def __init__(self, label: str) -> None:
+        import psutil
+
+        self.label, self.proc = label, psutil.Process()
+        self.times, self.faults, self.rss = [], [], []
+        gc.collect()
+        self.rss0 = self.proc.memory_info().rss
+        self.start()
+
+    def start(self) -> None:
+        self._t, self._f = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    def tick(self) -> None:
+        t, f = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        self.times.append(t - self._t)
+        self.faults.append(f - self._f)
+        self.rss.append(self.proc.memory_info().rss)
+        self._t, self._f = t, f
+
+
+def run_interleaved(fo, paths, predictor, params, mask_dir) -> tuple[list[Meter], list[dict]]:
+    """Image by image: the core, then auto_mask into the documents, then onto disk (the adapter called on a
+    one-sample view, so its per-call work is counted too), then the core again. Side by side per image, so a
+    machine whose load changes during the run affects the three alike."""
+    from tinysam_backend import load_image, segment_everything
     from tinysam_backend.fiftyone_adapter import auto_mask
 
-    proc = psutil.Process()
     # persistent and uniquely named: another process attached to the same database service cannot clean it up
     ds = fo.Dataset(f"tinysam-rss-{uuid.uuid4().hex[:10]}", persistent=True)
     ds.add_samples([fo.Sample(filepath=p) for p in paths])
-    gc.collect()
-    rss = {0: proc.memory_info().rss}
-
-    def progress(done, total):
-        if done in marks or done == total:
-            rss[done] = proc.memory_info().rss
-
+    ids = ds.values("id")
+    meters = [Meter("segment_everything"), Meter("auto_mask, masks in documents"),
+              Meter("auto_mask, masks on disk")]
+    summaries = [{"masks": 0}, {"masks": 0}]
     try:
-        t0 = time.perf_counter()
-        summary = auto_mask(ds, "auto", predictor=predictor, output_dir=output_dir, progress=progress, **params)
-        seconds = time.perf_counter() - t0
-        doc_bytes = ds.stats()["samples_bytes"]
+        for sample_id, path in zip(ids, paths):
+            for k, meter in enumerate(meters):
+                meter.start()
+                if k == 0:
+                    segment_everything(predictor, load_image(path), **params)
+                else:
+                    out = auto_mask(ds.select(sample_id), f"auto{k}", predictor=predictor, progress=False,
+                                    output_dir=mask_dir if k == 2 else None, **params)
+                    summaries[k - 1]["masks"] += out["masks"]
+                meter.tick()
+        for k, summary in enumerate(summaries):
+            summary["doc_bytes"] = ds.select_fields(f"auto{k + 1}").stats()["samples_bytes"]
     finally:
         ds.delete()
-    return {"label": label, "rss": rss, "masks": summary["masks"], "seconds": seconds, "doc_bytes": doc_bytes}
+    return meters, summaries
+
+
+def allocator_state() -> str:
+    from tinysam_backend.allocator import is_tuned, tuning_enabled
+
+    if is_tuned():
+        return "TinySAM malloc variables in the environment (mmap threshold 4 GiB, no trim)"
+    if tuning_enabled():
+        return "run-time mallopt only (mmap threshold capped at 32 MiB by glibc), as in FiftyOne's own processes"
+    return "glibc defaults (TINYSAM_MALLOC_TUNING=0)"
 
 
 def main() -> None:
@@ -91,11 +142,22 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96, help="longest side of the images (pixels)")
     parser.add_argument("--checkpoint", help="real checkpoint (default: tiny random test model)")
     parser.add_argument("--points-per-side", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=20, help="growth is measured from this sample on")
+    parser.add_argument("--warmup", type=int, default=1, help="images before RSS growth is measured")
+    parser.add_argument("--tuned-env", action="store_true", help="re-execute with TinySAM's malloc variables")
     args = parser.parse_args()
+    if args.tuned_env:
+        from tinysam_backend.allocator import reexec_with_tuned_allocator
+
+        reexec_with_tuned_allocator()
 
     import fiftyone as fo
 
+    from tinysam_backend.allocator import tune_in_process
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fiftyone_shards import cpu_flags
+
+    tune_in_process()  # what the adapter does when it loads a model itself
     work = Path(tempfile.mkdtemp(prefix="tinysam-rss-"))
     fo.config.database_validation = False
     fo.config.do_not_track = True
@@ -104,28 +166,28 @@ def main() -> None:
     predictor = build_predictor(args.checkpoint)
     # Permissive thresholds: random weights give low predicted IoUs; every image must yield masks.
     params = {"points_per_side": args.points_per_side, "pred_iou_thresh": -1.0, "stability_score_thresh": 0.0,
-                  "high_score_thresh": 0.0, "box_nms_thresh": 1.0, "points_per_batch": 64}
-    n = args.images
-    marks = sorted({1, args.warmup, n // 4, n // 2, 3 * n // 4, n} - {0})
+              "high_score_thresh": 0.0, "box_nms_thresh": 1.0}
     try:
-        runs = [measure(fo, paths, predictor, "masks in documents", None, params, marks),
-                measure(fo, paths, predictor, "masks on disk", work / "masks", params, marks)]
+        run_interleaved(fo, paths[:1], predictor, params, work / "warm")  # first-call costs out of every column
+        (core, docs, disk), (docs_summary, disk_summary) = run_interleaved(fo, paths, predictor, params,
+                                                                           work / "masks")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    model = args.checkpoint or "tiny_test_t (random)"
-    print(f"auto_mask over {n} images (≤{args.size}px), model {model}, points_per_side {args.points_per_side}")
-    print(f"{'samples done':>12s} " + " ".join(f"{r['label'] + ' RSS MiB':>26s}" for r in runs))
-    for mark in [0] + marks:
-        print(f"{mark:12d} " + " ".join(f"{r['rss'][mark] / MiB:26.1f}" for r in runs))
-    for r in runs:
-        growth = (r["rss"][n] - r["rss"][args.warmup]) / MiB
-        per_100 = growth / max(n - args.warmup, 1) * 100
-        print(f"{r['label']}: {r['masks']} masks, {r['seconds']:.1f} s, documents {r['doc_bytes'] / MiB:.2f} MiB; "
-              f"RSS growth samples {args.warmup}→{n}: {growth:+.1f} MiB ({per_100:+.2f} MiB per 100 images)")
-    doc, disk = runs
-    if disk["doc_bytes"]:
-        print(f"document size ratio (in documents / on disk): {doc['doc_bytes'] / disk['doc_bytes']:.1f}x")
+    n = args.images
+    print(f"CPU: {cpu_flags()}")
+    print(f"allocator: {allocator_state()}")
+    print(f"{n} images (≤{args.size}px), model {args.checkpoint or 'tiny_test_t (random)'}, "
+          f"points_per_side {args.points_per_side}, hierarchical")
+    print(f"{'':34s} {'s/image':>8s} {'vs core':>8s} {'faults/img':>11s} {'RSS MiB':>8s} {'growth MiB':>11s}")
+    for m in (core, docs, disk):
+        growth = (m.rss[-1] - m.rss[min(args.warmup, n) - 1]) / MiB
+        # per image against the core's time on the same image, median over images
+        ratio = statistics.median(t / c for t, c in zip(m.times, core.times)) - 1
+        print(f"{m.label:34s} {statistics.median(m.times):8.3f} {ratio:+8.1%} {statistics.median(m.faults):11.0f} "
+              f"{m.rss[-1] / MiB:8.1f} {growth:+11.1f}")
+    print(f"masks: {docs_summary['masks']} (documents {docs_summary['doc_bytes'] / MiB:.2f} MiB), "
+          f"{disk_summary['masks']} on disk (documents {disk_summary['doc_bytes'] / MiB:.2f} MiB)")
 
 
 if __name__ == "__main__":

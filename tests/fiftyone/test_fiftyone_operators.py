@@ -238,3 +238,22 @@ def test_plugins_download_finds_the_plugin_in_a_repository_archive(fo, tmp_path)
         fo.config.plugins_dir = old_dir
         server.shutdown()
         server.server_close()
+
+
+def test_auto_mask_form_defaults_are_the_librarys(fo, dataset):
+    """One source per fact: the form's segment-everything defaults are `EverythingParams`' (issue 15)."""
+    import dataclasses
+
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    from tinysam_backend.everything import EverythingParams
+
+    operator = foo.get_operator(f"{PLUGIN}/auto_mask")
+    ctx = ExecutionContext(request_params={"dataset_name": dataset.name, "params": {}})
+    form = operator.resolve_input(ctx).to_json()["type"]["properties"]
+    library = {f.name: f.default for f in dataclasses.fields(EverythingParams)}
+    everything = {name: prop["type"]["default"] if "default" in prop["type"] else prop.get("default")
+                  for name, prop in form.items() if name in library}
+    assert everything and everything == {name: library[name] for name in everything}
+    assert everything["points_per_batch"] == EverythingParams().points_per_batch
