@@ -10,8 +10,8 @@ encoder time with and without them, side by side.
 These thresholds can only be raised past 32 MiB through the environment, read by glibc when a process
 starts, so the command line re-executes itself once with them set (`reexec_with_tuned_allocator`); servers
 started by `tinysam serve` inherit them. Processes we do not start (a FiftyOne App or delegated worker, a
-notebook) get what `mallopt` allows at run time (`tune_in_process`, capped at 32 MiB by glibc), or the
-variables of `ALLOCATOR_ENV` exported before they start. Set `TINYSAM_MALLOC_TUNING=0` to leave malloc alone.
+notebook) get the run-time equivalent (`tune_in_process`: the threshold is capped at 32 MiB by glibc, so mmap is
+switched off instead), or the variables of `ALLOCATOR_ENV` exported before they start. Set `TINYSAM_MALLOC_TUNING=0` to leave malloc alone.
 Nothing happens at import; on a libc other than glibc every function here does nothing.
 """
 
@@ -29,7 +29,7 @@ ALLOCATOR_ENV = {
     "MALLOC_TRIM_THRESHOLD_": str(64 << 30),
 }
 _DISABLE = "TINYSAM_MALLOC_TUNING"
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
 _MALLOPT_MMAP_MAX = 32 << 20  # glibc refuses larger values from mallopt (HEAP_MAX_SIZE / 2 on 64-bit)
 
 
@@ -72,7 +72,9 @@ def reexec_with_tuned_allocator() -> None:
 
 
 def tune_in_process() -> bool:
-    """The run-time part (`mallopt`): mmap threshold 32 MiB (glibc's cap), no trimming. True if applied."""
+    """The run-time part (`mallopt`): no mmap'ed blocks at all (M_MMAP_MAX 0: the threshold itself cannot be
+    raised past 32 MiB at run time, and the encoder's larger buffers would be unmapped and re-faulted on every
+    forward, ~50 k minor faults per segment-everything image), no trimming. True if applied."""
     if not tuning_enabled() or is_tuned():
         return False
     try:
@@ -80,6 +82,7 @@ def tune_in_process() -> bool:
     except OSError:
         return False
     ok = libc.mallopt(_M_MMAP_THRESHOLD, _MALLOPT_MMAP_MAX) == 1
+    ok &= libc.mallopt(_M_MMAP_MAX, 0) == 1
     ok &= libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
     ok &= libc.mallopt(_M_TOP_PAD, 256 << 20) == 1
     return bool(ok)
