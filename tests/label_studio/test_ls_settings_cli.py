@@ -43,11 +43,32 @@ def test_bad_settings_name_the_variable(env, message):
 
 
 def test_gunicorn_command_line():
-    argv = gunicorn_argv("::1", 9090, 2, 4, 120, "info")
+    argv = gunicorn_argv("::1", 9090, 2, 3, 120, "info", request_timeout=2.5)
     assert argv[1:3] == ["-m", "gunicorn"]
-    assert "[::1]:9090" in argv and argv[-1] == "tinysam_backend.label_studio.app:create_app()"
-    assert "--preload" not in argv
+    assert "[::1]:9090" in argv
+    assert argv[-1] == "tinysam_backend.label_studio.bridge:create_asgi_app(threads=3, request_timeout=2.5)"
+    assert "--preload" not in argv and "--threads" not in argv  # the app's pool has the threads, not gunicorn
     assert argv[argv.index("-c") + 1] == "python:tinysam_backend.label_studio.gunicorn_conf"
+
+
+def test_gunicorn_loads_the_app_factory_with_its_arguments():
+    """The app string goes through gunicorn's own loader: literal arguments reach the factory (nothing is loaded)."""
+    from gunicorn.util import import_app
+
+    from tinysam_backend.label_studio import gunicorn_conf
+    from tinysam_backend.label_studio.bridge import WSGIBridge
+
+    app = import_app(gunicorn_argv("127.0.0.1", 9090, 1, 3, 120, "info", request_timeout=2.5)[-1])
+    assert isinstance(app, WSGIBridge) and app.threads == 3 and app.request_timeout == 2.5
+    assert app.application.extensions["tinysam"].state == "idle"  # the model loads after fork, not here
+    assert gunicorn_conf.worker_class == "tinysam_backend.label_studio.worker.DeadlineASGIWorker"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "7200"])
+def test_request_timeout_flag_is_checked(value, parity_checkpoint):
+    r = subprocess.run([sys.executable, "-m", "tinysam_backend.cli", "serve", "--checkpoint", str(parity_checkpoint),
+                        "--request-timeout", value], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2 and "--request-timeout" in r.stderr and value in r.stderr
 
 
 def test_torch_threads_share_the_cores():
