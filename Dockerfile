@@ -1,4 +1,5 @@
-# TinySAM as a Label Studio ML backend: CPU torch, gunicorn on port 9090.
+# TinySAM as a Label Studio ML backend: CPU torch; nginx on port 9090 (reads every request whole, then forwards it)
+# in front of `tinysam serve` (gunicorn) on 127.0.0.1:9091, both under tini. See docs/deployment.md.
 #
 #   docker build -t tinysam-backend .                                   # weights come from a volume at run time
 #   docker build --build-arg WEIGHTS=tinysam_42.3 -t tinysam-backend .  # or: bake a verified download in
@@ -22,6 +23,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TINYSAM_CACHE_DIR=/weights \
     TINYSAM_CHECKPOINT=/weights/tinysam_42.3.pth
 
+# Debian's nginx (the buffering front, deploy/nginx.conf) and tini (PID 1: reaps, forwards signals to both processes).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx-light tini \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN useradd --create-home --uid 10001 tinysam \
     && mkdir /weights \
     && chown tinysam /weights
@@ -31,6 +37,7 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_
 COPY pyproject.toml README.md ./
 COPY weights/manifest.json weights/README.md ./weights/
 COPY tinysam_backend ./tinysam_backend
+COPY deploy ./deploy
 # Editable, so that `tinysam weights` finds weights/manifest.json next to the package.
 RUN pip install --no-cache-dir -e ".[labelstudio]"
 
@@ -42,4 +49,7 @@ EXPOSE 9090
 # /health answers 200 once this worker's model is loaded (503 while loading or after a failed load).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9090/health', timeout=4)"]
-CMD ["tinysam", "serve", "--host", "0.0.0.0", "--port", "9090", "--workers", "1", "--threads", "4"]
+# Arguments after the image name go to `tinysam serve` (default: 1 worker x 4 threads). For replicas behind the
+# nginx of deploy/compose.yaml, run `tinysam serve --host 0.0.0.0 --port 9090` directly (see that file).
+ENTRYPOINT ["tini", "-g", "--", "/app/deploy/docker-entrypoint.sh"]
+CMD ["--workers", "1", "--threads", "4"]
