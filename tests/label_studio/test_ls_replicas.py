@@ -178,3 +178,14 @@ def test_body_over_the_limit_is_refused_by_nginx(setup):
     r = requests.post(nginx.url + "/predict", data=b" " * (17 * 1024 * 1024),
                       headers={"Content-Type": "application/json"}, timeout=60)
     assert r.status_code == 413 and "X-Upstream" not in r.headers  # answered by nginx, no replica involved
+
+
+def test_docker_front_config_is_valid(tmp_path):
+    """deploy/nginx.conf (the Docker image's front) passes `nginx -t`, with the shared settings it includes."""
+    binary = nginx_binary()
+    require(binary is not None, "Debian's nginx is not installed (bash .ci/nginx.sh)")
+    shutil.copytree(REPO / "deploy", tmp_path / "deploy")
+    tmp_path.chmod(0o777)
+    r = subprocess.run([binary, "-e", "stderr", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "deploy" / "nginx.conf")],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and "test is successful" in r.stderr, r.stderr
