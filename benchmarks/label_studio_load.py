@@ -42,7 +42,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "label_studio"))
-from ls_helpers import keypoint, predict_body, serve
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_env import describe  # noqa: E402
+from ls_helpers import keypoint, predict_body, serve  # noqa: E402
 
 IMAGES = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "immunohistochemistry", "hubble_deep_field"]
 TARGET_P95_MS = 150.0
@@ -113,6 +115,7 @@ def main() -> int:
     from tinysam_backend.label_studio.brush_rle import brush_rle_to_mask, mask_to_brush_rle, rle_json
     from tinysam_backend.transforms import upscale_logits
 
+    print(describe())
     tmp = Path(tempfile.mkdtemp(prefix="tinysam-ls-bench-"))
     images = load_images(tmp / "media")
     env = {"LABEL_STUDIO_MEDIA_DIR": str(tmp / "media")}
@@ -262,6 +265,7 @@ def main() -> int:
           f"mask: {max(flips)}); first clicks (all encoding at once) "
           f"p50 {statistics.median(first_click) * ms:.0f} ms, max {max(first_click) * ms:.0f} ms; "
           f"encodes: {cache['misses']} for {len(IMAGES)} images")
+    print(describe())
     return 1 if mismatches else 0
 
 
