@@ -160,7 +160,8 @@ def test_int8_artifact_is_data_only_and_really_int8(int8_dir):
     from safetensors.torch import load_file
 
     files = sorted(p.name for p in int8_dir.iterdir())
-    assert files == ["image_encoder.onnx", "mask_decoder.onnx", "prompt_decoder.fp32.safetensors", "quantization.json"]
+    assert files == ["image_encoder.onnx", "image_encoder.openvino.onnx", "mask_decoder.onnx",
+                     "prompt_decoder.fp32.safetensors", "quantization.json"]
     meta = json.loads((int8_dir / "quantization.json").read_text())
     assert meta["precision"] == "int8" and meta["calibration"]["images"] == ["camera", "coins"]
     fp32_side = load_file(str(int8_dir / meta["fp32_decoder"]))  # safetensors: tensors only, nothing executed
@@ -250,3 +251,33 @@ def test_torch_only_callers_refuse_an_artifact_directory(int8_dir):
                           "--out", str(int8_dir / "again")], capture_output=True, text=True, check=False)
     assert cli.returncode != 0 and "quantized ONNX artifact" in cli.stderr
     assert not (int8_dir / "again").exists()
+
+
+def test_openvino_runs_the_int8_artifact_as_int8(int8_dir, parity_predictor, parity_images, parity_dir, tmp_path):
+    """Our scales with Q/DQ placed for OpenVINO: every convolution, linear layer and attention product runs in int8
+    (runtime precision per layer), and the masks stay close to fp32 (same loose bound as the ONNX Runtime graph)."""
+    pytest.importorskip("openvino")
+    from tinysam_backend import Predictor, load_model
+    from tinysam_backend.config import Settings
+    from tinysam_backend.engines.openvino_engine import OpenVINOImageEncoder, runtime_precisions
+    from tinysam_backend.quantization.runtime import HybridSam
+
+    model = load_model(int8_dir, settings=Settings(cache_dir=tmp_path), engine="openvino")
+    assert isinstance(model, HybridSam) and isinstance(model.image_encoder, OpenVINOImageEncoder)
+    assert model.engine_info["precision"] == "int8" and model.engine_info["graph"].endswith("openvino.onnx")
+    counts = runtime_precisions(model.image_encoder.compiled)
+    int8 = {k: v for k, v in counts.items() if k[1] in ("i8", "u8")}
+    assert not {k: v for k, v in counts.items() if k[1] not in ("i8", "u8")}, counts
+    assert sum(v for (layer, _), v in int8.items() if layer.startswith("FullyConnected")) >= 20, counts
+    assert sum(v for (layer, _), v in int8.items() if layer == "MatMul") >= 10, counts  # attention products
+    q = Predictor(model)
+    ious = []
+    for name, rgb in parity_images.items():
+        e_fp, e_q = parity_predictor.embed(rgb), q.embed(rgb)
+        for case in ("point", "box"):
+            z = np.load(parity_dir / f"{name}_{case}.npz")
+            m1, s1, _ = parity_predictor.predict(e_fp, **_case_prompts(z))
+            m2, _, _ = q.predict(e_q, **_case_prompts(z))
+            best = int(np.argmax(s1))
+            ious.append(_mask_iou(m1[best], m2[best]))
+    assert np.mean(ious) >= 0.8, ious

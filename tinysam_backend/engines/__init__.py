@@ -143,7 +143,10 @@ def _artifact_model(directory: Path, choice: EngineChoice, settings, info: dict)
     from .openvino_engine import OpenVINOImageEncoder, compile_encoder
 
     art, meta = ArtifactInfo.read(directory)
-    graph = directory / str(meta.get("encoder_openvino") or art.encoder_file)
+    name = str(meta.get("encoder_openvino") or art.encoder_file)  # older artifacts: the ONNX Runtime graph
+    if Path(name).name != name or not name.endswith(".onnx"):
+        raise EngineError(f"{directory}: encoder_openvino must be a plain *.onnx name in the directory, got {name!r}")
+    graph = directory / name
     compiled = compile_encoder(graph, choice.precision, settings.torch_threads,
                                settings.cache_dir / "engines" / "openvino_kernels")
     info["graph"] = str(graph)

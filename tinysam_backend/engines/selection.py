@@ -163,7 +163,7 @@ def choose(device: str | None, engine: str | None, precision: str | None, facts:
     engine = _normalise(engine, ENGINES, "engine")
     precision = _normalise(precision, PRECISIONS, "precision")
     dev = parse_device(device, facts.cuda_devices)
-    reasons: list[str] = []
+    reasons: list[str] = [f"asked device={(device or 'auto').strip().lower()}, engine={engine}, precision={precision}"]
     if dev is None:
         if facts.cuda_devices and artifact_precision is None and engine in ("auto", "torch"):
             dev = "cuda:0"

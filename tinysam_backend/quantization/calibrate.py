@@ -50,6 +50,9 @@ from ..transforms import resize_image
 from .export import DECODER_FILE, ENCODER_FILE, artifact_metadata, export_onnx, write_fp32_decoder, write_metadata
 from .qdq import ACT_B_QMAX, ACT_B_QMIN, PointScales, write_qdq_model
 
+OPENVINO_ENCODER_FILE = "image_encoder.openvino.onnx"
+"""The same scales with Q/DQ placed for OpenVINO's int8 kernels (`qdq.write_qdq_model(target="openvino")`)."""
+
 logger = logging.getLogger(__name__)
 
 INT8_MAX = 127
@@ -569,8 +572,8 @@ def calibration_image_paths(sources: Iterable[str | Path], limit: int = 8) -> li
 
 def quantize_model(sam: Sam, images: Sequence[np.ndarray], out_dir: str | Path,
                    cfg: CalibrationConfig = CalibrationConfig(), calibration_names: Sequence[str] = ()) -> Path:
-    """Calibrate and write the int8 artifact: two QDQ ONNX graphs, `quantization.json` and the fp32 prompt
-    encoder / mask decoder weights as safetensors (no pickle anywhere)."""
+    """Calibrate and write the int8 artifact: the QDQ ONNX graphs (encoder for ONNX Runtime and for OpenVINO,
+    decoder), `quantization.json` and the fp32 prompt encoder / mask decoder weights as safetensors (no pickle)."""
     import onnx
 
     out = Path(out_dir)
@@ -580,11 +583,13 @@ def quantize_model(sam: Sam, images: Sequence[np.ndarray], out_dir: str | Path,
         enc_nodes = {n.name for n in onnx.load(str(enc_fp32), load_external_data=False).graph.node}
         dec_nodes = {n.name for n in onnx.load(str(dec_fp32), load_external_data=False).graph.node}
         scales, report = calibrate_scales(sam, images, enc_nodes, dec_nodes, cfg)
-        write_qdq_model(enc_fp32, {k: v for k, v in scales.items() if report[k]["graph"] == "encoder"},
-                        out / ENCODER_FILE)
+        enc_scales = {k: v for k, v in scales.items() if report[k]["graph"] == "encoder"}
+        write_qdq_model(enc_fp32, enc_scales, out / ENCODER_FILE)
+        write_qdq_model(enc_fp32, enc_scales, out / OPENVINO_ENCODER_FILE, target="openvino")
         write_qdq_model(dec_fp32, {k: v for k, v in scales.items() if report[k]["graph"] == "decoder"},
                         out / DECODER_FILE)
-    meta = artifact_metadata(sam, "int8", fp32_decoder=write_fp32_decoder(sam, out).name, calibration={
+    meta = artifact_metadata(sam, "int8", fp32_decoder=write_fp32_decoder(sam, out).name,
+                             encoder_openvino=OPENVINO_ENCODER_FILE, calibration={
         "config": asdict(cfg), "images": list(calibration_names) or len(images),
         "objective": "diag Gauss-Newton of mask-logit Bernoulli KL + IoU squared error, per-point output error",
         "points": {k: {**report[k], **scales[k].to_json()} for k in scales}})

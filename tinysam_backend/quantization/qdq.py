@@ -238,16 +238,44 @@ def attention_matmul_nodes(graph: onnx.GraphProto, scope: str) -> tuple[onnx.Nod
     return found[0], found[1]
 
 
-def write_qdq_model(fp32_path: str | Path, scales: dict[str, PointScales], out_path: str | Path) -> Path:
-    """Rewrite the fp32 graph at `fp32_path` with `scales` (point name → PointScales) into `out_path`."""
+def _quantize_tensor_matmul(ed: _GraphEditor, node: onnx.NodeProto, s_a: np.ndarray, s_b: np.ndarray,
+                            a_unsigned: bool) -> None:
+    """MatMul(A, B) of two activations with per-tensor QuantizeLinear → DequantizeLinear on both inputs: the pattern
+    OpenVINO's low-precision transformations turn into an int8 MatMul. One scale per tensor, the largest of the
+    per-head scales (a coarser grid for the other heads, no clipping); B on the full int8 grid (the 7-bit range is
+    a workaround for ONNX Runtime's AVX2 kernel)."""
+    a_dq = ed.qdq_activation(node, node.input[0], np.float32(np.max(s_a)), np.uint8 if a_unsigned else np.int8)
+    b_dq = ed.qdq_activation(node, node.input[1], np.float32(np.max(s_b)))
+    node.input[0] = a_dq
+    node.input[1] = b_dq
+
+
+TARGETS = ("onnxruntime", "openvino")
+
+
+def write_qdq_model(fp32_path: str | Path, scales: dict[str, PointScales], out_path: str | Path,
+                    target: str = "onnxruntime") -> Path:
+    """Rewrite the fp32 graph at `fp32_path` with `scales` (point name → PointScales) into `out_path`.
+
+    target "onnxruntime": attention products as MatMulInteger with per-head scales (module docstring), the graph ONNX
+    Runtime fuses into int8 kernels. "openvino": the same scales, attention products as per-tensor Q/DQ pairs around
+    MatMul (`_quantize_tensor_matmul`), the pattern OpenVINO runs as int8 (MatMulInteger it would run in fp32).
+    Convolutions and linear layers are written alike for both.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     model = onnx.load(str(fp32_path))
     ed = _GraphEditor(model)
     by_name = {n.name: n for n in model.graph.node}
     for name, sc in scales.items():
         if sc.kind == "attention":
             qk, pv = attention_matmul_nodes(model.graph, name)
-            _quantize_head_matmul(ed, qk, sc.input, sc.extra["k"], a_signed=True)
-            _quantize_head_matmul(ed, pv, sc.extra["p"], sc.extra["v"], a_signed=False)
+            if target == "openvino":
+                _quantize_tensor_matmul(ed, qk, sc.input, sc.extra["k"] * ACT_B_QMAX / INT8_MAX, a_unsigned=False)
+                _quantize_tensor_matmul(ed, pv, sc.extra["p"], sc.extra["v"] * ACT_B_QMAX / INT8_MAX, a_unsigned=True)
+            else:
+                _quantize_head_matmul(ed, qk, sc.input, sc.extra["k"], a_signed=True)
+                _quantize_head_matmul(ed, pv, sc.extra["p"], sc.extra["v"], a_signed=False)
             continue
         node = by_name.get(name)
         if node is None:
