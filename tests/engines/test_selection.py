@@ -14,10 +14,10 @@ from tinysam_backend.engines.selection import (
     parse_device,
 )
 
-ZEN4 = frozenset("sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512_bf16".split())
+ZEN4 = frozenset(["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"])
 SAPPHIRE_RAPIDS = ZEN4 | {"amx_tile", "amx_int8", "amx_bf16", "avx512_fp16"}
-ICE_LAKE = frozenset("avx avx2 fma avx512f avx512bw avx512_vnni".split())
-AVX2 = frozenset("sse4_2 avx avx2 fma".split())
+ICE_LAKE = frozenset(["avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"])
+AVX2 = frozenset(["sse4_2", "avx", "avx2", "fma"])
 
 
 def facts(flags, cuda=0, openvino=True, onnxruntime=True, cap=None) -> HostFacts:

@@ -1,0 +1,171 @@
+"""Inference engines side by side in one run: image-encoder time, accuracy against fp32, and a click.
+
+    python benchmarks/engine_bench.py [--checkpoint CKPT] [--int8 DIR] [--nncf] [--runs 3]
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/engine_bench.py   # an AVX2-only host
+
+Rows (each encoder timed interleaved with the others, medians after one warm-up, 1024² input): our PyTorch fp32
+(the torch engine), OpenVINO fp32 / bf16 (bf16 only where the CPU has it) of the state dict's graph, ONNX Runtime
+fp32, and with --int8 the int8 artifact in ONNX Runtime and in OpenVINO (our scales, Q/DQ placed for OpenVINO);
+--nncf adds NNCF's default post-training quantization of the same fp32 graph in OpenVINO (`pip install nncf`).
+Also: what `load_model(..., "auto")` picks here, its ratio to PyTorch fp32, every non-fp32 row's best-mask IoU
+against PyTorch fp32 over the parity prompts (mean and worst; target mean >= 0.97, worst >= 0.90) and a click with
+a cached embedding through the auto model (low-rank decoder). Prints the CPU flags and the ISA cap in force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PARITY = REPO.parent / "shared" / "parity"
+CASES = ("point", "points_pos_neg", "box", "box_point", "refine_with_mask_input")
+
+
+def _interleaved(fns: dict, runs: int) -> dict:
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def _accuracy(reference, predictor, images: dict) -> tuple[float, float]:
+    """Best-mask IoU (the fp32 model's best mask index) of every parity prompt, mean and worst."""
+    ious = []
+    for name, rgb in images.items():
+        e_ref, e = reference.embed(rgb), predictor.embed(rgb)
+        for case in CASES:
+            z = np.load(PARITY / f"{name}_{case}.npz")
+            kw = {"point_coords": z.get("prompt_point_coords"), "point_labels": z.get("prompt_point_labels"),
+                  "box": z.get("prompt_box"), "mask_input": z.get("prompt_mask_input")}
+            m1, s1, _ = reference.predict(e_ref, **kw)
+            m2, _, _ = predictor.predict(e, **kw)
+            best = int(np.argmax(s1))
+            ious.append(_mask_iou(m1[best], m2[best]))
+    return float(np.mean(ious)), float(np.min(ious))
+
+
+def _nncf_encoder(checkpoint: Path, cache: Path, images: list) -> tuple[object, float]:
+    """NNCF's default PTQ (`nncf.quantize` with its defaults) of the fp32 OpenVINO graph, calibrated on the same
+    images as `tinysam quantize`; returns (encoder module, seconds it took)."""
+    import nncf
+    import openvino as ov
+
+    from tinysam_backend.checkpoint import load_torch_model
+    from tinysam_backend.engines import encoder_graph
+    from tinysam_backend.engines.openvino_engine import OpenVINOImageEncoder, compile_encoder
+    from tinysam_backend.transforms import resize_image
+
+    sam = load_torch_model(checkpoint)
+    graph = encoder_graph(checkpoint, sam, "openvino", cache)
+    data = []
+    for rgb in images:
+        resized = resize_image(rgb, sam.image_size)
+        x = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None].float()
+        data.append(sam.preprocess(x).numpy())
+    t0 = time.perf_counter()
+    quantized = nncf.quantize(ov.Core().read_model(str(graph)), nncf.Dataset(data), subset_size=len(data))
+    seconds = time.perf_counter() - t0
+    out = cache / "nncf_int8.xml"
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return OpenVINOImageEncoder(compile_encoder(out, "int8"), sam.image_size, "int8"), seconds
+
+
+def main() -> None:
+    from tinysam_backend.allocator import reexec_with_tuned_allocator
+
+    reexec_with_tuned_allocator()  # PyTorch fp32 as `tinysam` runs it (benchmarks/core_bench.py shows why)
+    import json
+    import logging
+
+    import skimage.data
+
+    from tinysam_backend import Predictor, load_model
+    from tinysam_backend.checkpoint import load_torch_model
+    from tinysam_backend.config import Settings
+    from tinysam_backend.engines.engine_sam import EngineSam
+    from tinysam_backend.engines.selection import HostFacts
+    from tinysam_backend.image_io import array_to_rgb
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(PARITY / "tinysam_random_weights.pth"))
+    p.add_argument("--int8", help="an int8 artifact directory of `tinysam quantize` (same checkpoint)")
+    p.add_argument("--nncf", action="store_true", help="add NNCF's default PTQ in OpenVINO (needs nncf)")
+    p.add_argument("--runs", type=int, default=3)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    settings = Settings.from_env()
+    facts = HostFacts.detect(settings.max_cpu_isa)
+    raw_flags = HostFacts.detect(None).flags_summary()
+    print(f"CPU flags: {' '.join(raw_flags)}; ISA cap: {settings.max_cpu_isa or 'none'} "
+          f"(ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}) -> flags used: "
+          f"{' '.join(facts.flags_summary())}; threads {torch.get_num_threads()}; torch {torch.__version__}")
+    manifest = json.loads((PARITY / "manifest.json").read_text())
+    images = {n: array_to_rgb(getattr(skimage.data, n)()) for n in manifest["images"]}
+    ckpt = Path(args.checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Settings(cache_dir=Path(tmp))
+        models = {"pytorch fp32": EngineSam(load_torch_model(ckpt)).eval(),
+                  "openvino fp32": load_model(ckpt, settings=cache, device="cpu", engine="openvino", precision="fp32"),
+                  "onnxruntime fp32": load_model(ckpt, settings=cache, engine="onnxruntime", precision="fp32")}
+        if facts.bf16:
+            models["openvino bf16"] = load_model(ckpt, settings=cache, engine="openvino", precision="bf16")
+        if args.int8:
+            models["onnxruntime int8 (artifact)"] = load_model(args.int8, settings=cache, engine="onnxruntime")
+            models["openvino int8 (our scales)"] = load_model(args.int8, settings=cache, engine="openvino")
+        nncf_seconds = None
+        if args.nncf:
+            from tinysam_backend.quantization.calibrate import default_calibration_images
+
+            enc, nncf_seconds = _nncf_encoder(ckpt, Path(tmp), default_calibration_images())
+            models["openvino int8 (NNCF default PTQ)"] = EngineSam(load_torch_model(ckpt), enc).eval()
+        auto = load_model(ckpt, settings=cache)
+        x = torch.randn(1, 3, 1024, 1024)
+        with torch.inference_mode():
+            enc = _interleaved({k: (lambda m=m: m.encode_image(x)) for k, m in models.items()}, args.runs)
+        base = enc["pytorch fp32"]
+        auto_key = f"{auto.engine_info['engine']} {auto.engine_info['precision']}"
+        print(f"\nauto picks: {auto.engine_info['engine']} {auto.engine_info['precision']} on "
+              f"{auto.engine_info['device']} ({auto.engine_info['reason']})")
+        print("\n| image encoder | seconds | vs our PyTorch fp32 | best-mask IoU vs fp32 (mean / worst) |")
+        print("|---|---|---|---|")
+        reference = Predictor(models["pytorch fp32"])
+        for k, m in models.items():
+            acc = "(reference)"
+            if k != "pytorch fp32":
+                mean, worst = _accuracy(reference, Predictor(m), images)
+                acc = f"{mean:.4f} / {worst:.4f}"
+            mark = " **(auto)**" if k == auto_key else ""
+            print(f"| {k}{mark} | {enc[k]:.3f} | {base / enc[k]:.2f}x | {acc} |")
+        if nncf_seconds is not None:
+            print(f"\nNNCF quantize (statistics + bias correction, {len(default_calibration_images())} images): "
+                  f"{nncf_seconds:.1f} s")
+        pred = Predictor(auto)
+        emb = pred.embed(images["astronaut"])
+        pt = np.array([[200.0, 150.0]])
+        lab = np.array([1])
+        clicks = _interleaved({"click": lambda: pred.predict_batch(emb, pt[None], lab[None], best_only=True)},
+                              args.runs * 10)
+        print(f"\nclick with a cached embedding (auto model, low-rank decoder, best mask + upscaled mask): "
+              f"{clicks['click'] * 1e3:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
