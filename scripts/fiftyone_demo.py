@@ -40,11 +40,12 @@ def main() -> None:
     parser.add_argument("--out", default="fiftyone_preview.png", help="PNG to write")
     parser.add_argument("--image-dir", default="fiftyone_demo_images", help="where the demo image is written")
     parser.add_argument("--dataset", default="tinysam-demo")
-    parser.add_argument("--points-per-side", type=int, default=32)
-    parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    parser.add_argument("--stability-score-thresh", type=float, default=0.95)
-    parser.add_argument("--high-score-thresh", type=float, default=8.5)
-    parser.add_argument("--box-nms-thresh", type=float, default=0.7)
+    from tinysam_backend.fiftyone_adapter import everything_defaults
+
+    defaults = everything_defaults()  # the library's (EverythingParams), one source
+    for name in ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "high_score_thresh",
+                 "box_nms_thresh"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(defaults[name]), default=defaults[name])
     args = parser.parse_args()
 
     import fiftyone as fo

@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from test_fiftyone_operators import EVERYTHING_TEST_PARAMS, PLUGIN
 
 

@@ -43,7 +43,27 @@ _EXPORTS = {
     "register_cli": "cli",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AGNOSTIC_LABEL",
+    "auto_mask",
+    "box_and_crop_to_mask",
+    "detection_to_mask",
+    "evaluate_masks",
+    "everything_defaults",
+    "everything_record_to_detection",
+    "iter_auto_mask",
+    "iter_mask_from_boxes",
+    "mask_from_boxes",
+    "mask_to_box_and_crop",
+    "mean_best_iou_field",
+    "preview_sample",
+    "register_cli",
+    "relative_box_to_pixels",
+    "relative_box_to_xyxy",
+    "relative_points_to_xy",
+    "render_preview",
+    "shard_view",
+]
 
 
 def __getattr__(name: str):

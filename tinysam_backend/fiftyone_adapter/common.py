@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, Union
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 # FiftyOne's convention: None (fo.config.show_progress_bars), True / False, or a callable given the ProgressBar.
-Progress = Union[None, bool, Callable[[Any], None]]
+Progress = bool | Callable[[Any], None] | None
 
 
 def check_collection(view) -> None:

@@ -97,7 +97,7 @@ class TinySAMMaskEvaluation(_COCOEvaluation):
 def _require_masks(view, field: str) -> None:
     from fiftyone import ViewField as F
 
-    with_mask = (F("mask") != None) | (F("mask_path") != None)  # noqa: E711 (a MongoDB expression)
+    with_mask = (F("mask") != None) | (F("mask_path") != None)
     missing = view.count(f"{field}.detections") - view.filter_labels(
         field, with_mask, only_matches=False).count(f"{field}.detections")
     if missing:
@@ -109,7 +109,7 @@ def _require_confidence(view, field: str) -> None:
     from fiftyone import ViewField as F
 
     missing = view.count(f"{field}.detections") - view.filter_labels(
-        field, F("confidence") != None, only_matches=False).count(f"{field}.detections")  # noqa: E711
+        field, F("confidence") != None, only_matches=False).count(f"{field}.detections")
     if missing:
         raise ValueError(f"compute_mAP needs a confidence on every prediction; {missing} detections of {field!r} "
                          f"have none")

@@ -235,7 +235,7 @@ class TinySAMModel(*_BASES):
         elif isinstance(labels, fo.Keypoints):
             prompts, boxes = list(labels.keypoints), False
         else:
-            raise ValueError(f"prompt field {field!r} holds {type(labels).__name__}; expected Detections or Keypoints")
+            raise TypeError(f"prompt field {field!r} holds {type(labels).__name__}; expected Detections or Keypoints")
         if not prompts:
             return fo.Detections()
         emb = self.predictor.embed(image)
