@@ -22,8 +22,6 @@ worker_class = "tinysam_backend.label_studio.worker.DeadlineASGIWorker"
 timeout = 120
 graceful_timeout = 30
 keepalive = 5
-# Open connections per worker (slow or idle ones included; each costs a coroutine and a file descriptor, no thread).
-worker_connections = 1000
 # Header limits (gunicorn has none for bodies; the app caps them with MAX_CONTENT_LENGTH).
 limit_request_line = 8190
 limit_request_fields = 100
