@@ -4,9 +4,11 @@
     .venv/bin/python benchmarks/label_studio_replicas.py [--annotators 8] [--clicks 15] [--think-ms 1000]
 
 Both set-ups get the same 2 prediction threads in all (this machine has 2 cores, so 2 replicas x 1 thread is the
-fair comparison with 1 replica x 2 threads) and the same nginx config, routing by the image URL read from the body.
+fair comparison with 1 replica x 2 threads; torch's intra-op threads are the cores shared out between the replicas,
+TINYSAM_TORCH_THREADS) and the same nginx config, routing by the image URL read from the body.
 Each annotator works on its own image (the 8 scikit-image photos of label_studio_load.py): one first click (fetch +
-encode, reported apart), then `--clicks` warm clicks in objects of up to 4 points, looking at each mask 0.5-1.5 x
+encode, reported apart; annotators open their tasks within one --think-ms), then, once every image is open,
+`--clicks` warm clicks in objects of up to 4 points, looking at each mask 0.5-1.5 x
 --think-ms before the next. Printed: p50/p95/max of the warm clicks side by side, the first clicks, the encodes per
 replica (each image once in the whole set-up), and the CPU.
 """
@@ -14,6 +16,7 @@ replica (each image once in the whole set-up), and the CPU.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -34,7 +37,8 @@ from test_ls_replicas import Nginx, nginx_binary, replica_config  # noqa: E402
 
 
 def run(setup: str, replicas: int, threads: int, args, images, tmp: Path) -> dict:
-    env = {"LABEL_STUDIO_MEDIA_DIR": str(tmp / "media")}
+    # torch's intra-op threads: the machine's cores shared out between the replicas (no oversubscription).
+    env = {"LABEL_STUDIO_MEDIA_DIR": str(tmp / "media"), "TINYSAM_TORCH_THREADS": str(max(1, os.cpu_count() // replicas))}
     servers = [serve(Path(args.checkpoint), env, tmp / f"{setup}-{k}.log", threads=threads) for k in range(replicas)]
     port = free_port()
     prefix = tmp / f"nginx-{setup}"
@@ -42,6 +46,7 @@ def run(setup: str, replicas: int, threads: int, args, images, tmp: Path) -> dic
     nginx = Nginx(nginx_binary(), prefix, replica_config([s.url.split("//", 1)[1] for s in servers], port), port)
     first, warm, lock = [], [], threading.Lock()
     barrier = threading.Barrier(args.annotators)
+    opened = threading.Barrier(args.annotators)
 
     def annotator(i: int) -> None:
         name = IMAGES[i % len(IMAGES)]
@@ -56,6 +61,7 @@ def run(setup: str, replicas: int, threads: int, args, images, tmp: Path) -> dic
         assert r.status_code == 200, r.text
         with lock:
             first.append(time.perf_counter() - start)
+        opened.wait()  # warm clicks start once every image is open (encoded): steady-state clicking
         for n, context in enumerate(click_path(np.random.default_rng(i), args.clicks)):
             time.sleep(pause.uniform(0.5, 1.5) * args.think_ms / 1000)
             start = time.perf_counter()
