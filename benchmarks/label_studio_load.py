@@ -43,8 +43,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "label_studio"))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_env import describe  # noqa: E402
-from ls_helpers import keypoint, predict_body, serve  # noqa: E402
+from bench_env import describe
+from ls_helpers import keypoint, predict_body, serve
 
 IMAGES = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "immunohistochemistry", "hubble_deep_field"]
 TARGET_P95_MS = 150.0

@@ -30,10 +30,10 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "label_studio"))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_env import describe  # noqa: E402
-from label_studio_load import IMAGES, click_path, load_images, ref, regions_for  # noqa: E402
-from ls_helpers import free_port, keypoint, predict_body, serve  # noqa: E402
-from test_ls_replicas import Nginx, nginx_binary, replica_config  # noqa: E402
+from bench_env import describe
+from label_studio_load import IMAGES, click_path, load_images, ref, regions_for
+from ls_helpers import free_port, keypoint, predict_body, serve
+from test_ls_replicas import Nginx, nginx_binary, replica_config
 
 
 def run(setup: str, replicas: int, threads: int, args, images, tmp: Path) -> dict:

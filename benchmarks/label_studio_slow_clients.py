@@ -25,9 +25,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "label_studio"))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_env import describe  # noqa: E402
-from ls_helpers import keypoint, predict_body, random_image, serve  # noqa: E402
-from test_ls_slow_clients import SlowClients  # noqa: E402
+from bench_env import describe
+from ls_helpers import keypoint, predict_body, random_image, serve
+from test_ls_slow_clients import SlowClients
 
 
 def measure(url: str, tries: int) -> tuple[list[float], list[float]]:

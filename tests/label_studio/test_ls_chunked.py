@@ -115,7 +115,7 @@ def test_chunked_body_over_the_limit_gets_413(server):
 
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
-        status, headers, body = _read_response(s)
+        status, _, body = _read_response(s)
         sender.join(timeout=60)
     assert status == 413, body
     message = json.loads(body)["message"]

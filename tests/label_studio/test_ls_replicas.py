@@ -36,7 +36,7 @@ def nginx_binary() -> str | None:
 def replica_config(servers: list[str], port: int) -> str:
     """deploy/nginx-replicas.conf with these upstream servers and listen address, plus an X-Upstream header."""
     text = (REPO / "deploy" / "nginx-replicas.conf").read_text()
-    lines = re.findall(r"^\s*server backend-\d+:9090;\n", text, flags=re.M)
+    lines = re.findall(r"^\s*server backend-\d+:9090;\n", text, flags=re.MULTILINE)
     assert len(lines) == 2, "deploy/nginx-replicas.conf: expected two `server backend-N:9090;` lines"
     text = text.replace(lines[0], "".join(f"        server {s};\n" for s in servers)).replace(lines[1], "")
     assert "listen 9090;" in text
