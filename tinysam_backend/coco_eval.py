@@ -65,8 +65,7 @@ def segment_detections(predictor, image, detections: Sequence[dict], *,
     Each result keeps the detection's image_id, category_id and score, and adds `predicted_iou` (the best of
     the three masks, chosen by predicted IoU).
     """
-    from .everything.postprocess import encode_rle
-    from .masks import best_masks_for_prompts
+    from .masks import best_masks_for_prompts, encode_rle
 
     if not detections:
         return []

@@ -1,7 +1,8 @@
 """Mask maths shared by the front ends and the COCO evaluation: prompts → best masks, mask IoU.
 
 Front-end specific forms (FiftyOne's relative box + cropped mask, Label Studio's brush RLE) live with their
-front end; COCO RLE lives in `everything.postprocess` (`encode_rle` / `decode_rle`), the one implementation.
+front end. COCO RLE is `encode_rle` / `decode_rle`, re-exported here for the front ends from
+`everything.postprocess`, the one implementation.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from .everything.postprocess import decode_rle, encode_rle
 
 # Prompts decoded at once when turning many boxes (or point sets) of one image into masks.
 DEFAULT_PROMPTS_PER_BATCH = 16
@@ -57,8 +60,6 @@ def mask_iou_matrix(pred_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndar
         return np.zeros((len(pred_masks), len(gt_masks)))
     from pycocotools import mask as mask_utils
 
-    from .everything.postprocess import encode_rle
-
     sizes = {np.shape(m) for m in [*pred_masks, *gt_masks]}
     if len(sizes) != 1:
         raise ValueError(f"masks must all have one size, got sizes {sorted(sizes)}")
@@ -82,4 +83,5 @@ def mean_best_match_iou(gt_masks: Sequence[np.ndarray], pred_masks: Sequence[np.
     return float(mask_iou_matrix(pred_masks, gt_masks).max(axis=0).mean())
 
 
-__all__ = ["DEFAULT_PROMPTS_PER_BATCH", "best_masks_for_prompts", "mask_iou_matrix", "mean_best_match_iou"]
+__all__ = ["DEFAULT_PROMPTS_PER_BATCH", "best_masks_for_prompts", "decode_rle", "encode_rle", "mask_iou_matrix",
+           "mean_best_match_iou"]

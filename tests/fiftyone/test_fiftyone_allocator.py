@@ -20,9 +20,10 @@ predictor = Predictor(load_model(sys.argv[1]))
 image = skimage.data.astronaut()[:512, :512]
 params = dict(points_per_side=16, pred_iou_thresh=-1.0, stability_score_thresh=0.0, high_score_thresh=0.0,
               box_nms_thresh=1.0)
-segment_everything(predictor, image, **params)          # first image: the buffers are allocated
+for _ in range(2):                                      # first images: buffers and caches are allocated
+    segment_everything(predictor, image, **params)
 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-segment_everything(predictor, image, **params)          # second image: they should be reused
+segment_everything(predictor, image, **params)          # third image: they should be reused
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 """
 
@@ -34,5 +35,5 @@ def test_tune_in_process_stops_the_page_fault_storm(checkpoint):
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     faults = int(out.stdout.strip().splitlines()[-1])
-    # mmap threshold 32 MiB alone (the cap of mallopt): ~50 000 faults per image (200 MiB re-faulted)
-    assert faults < 12_000
+    # mmap threshold 32 MiB alone (the cap of mallopt): ~50 000 faults on every image (200 MiB re-faulted)
+    assert faults < 5_000

@@ -9,6 +9,6 @@ Nothing heavy is imported until a function is called.
 
 from __future__ import annotations
 
-from .generator import EverythingParams, EverythingResult, run_everything, segment_everything
+from .generator import MODES, EverythingParams, EverythingResult, run_everything, segment_everything
 
-__all__ = ["EverythingParams", "EverythingResult", "run_everything", "segment_everything"]
+__all__ = ["MODES", "EverythingParams", "EverythingResult", "run_everything", "segment_everything"]

@@ -30,7 +30,7 @@ def everything_defaults() -> dict:
 
 
 def modes() -> tuple[str, ...]:
-    from ..everything.generator import MODES
+    from ..everything import MODES
 
     return tuple(MODES)
 

@@ -99,7 +99,7 @@ def everything_record_to_detection(record: dict, image_size: tuple[int, int], ma
     """
     import fiftyone as fo
 
-    from ..everything.postprocess import decode_rle
+    from ..masks import decode_rle
 
     mask = decode_rle(record["segmentation"])
     if mask.shape != tuple(image_size):

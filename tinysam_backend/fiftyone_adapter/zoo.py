@@ -76,13 +76,13 @@ def download_model(model_name: str, model_path: str) -> None:
     if not entry["int8"]:
         _place(fp32, dest)
         return
-    from ..checkpoint import load_torch_model
-    from ..quantization.calibrate import DEFAULT_CALIBRATION_IMAGES, default_calibration_images, quantize_model
+    import subprocess
+    import sys
 
-    logger.info("quantizing %s to int8 into %s (calibration on %d built-in images)", fp32, dest,
-                len(DEFAULT_CALIBRATION_IMAGES))
-    quantize_model(load_torch_model(fp32, settings=settings), default_calibration_images(), dest,
-                   calibration_names=[f"skimage.data.{n}" for n in DEFAULT_CALIBRATION_IMAGES])
+    # `tinysam quantize` (its default calibration on built-in images), the public way to make the int8 artifact
+    logger.info("quantizing %s to int8 into %s", fp32, dest)
+    subprocess.run([sys.executable, "-m", "tinysam_backend.cli", "quantize", "--checkpoint", str(fp32),
+                    "--out", str(dest)], check=True)
 
 
 def load_model(model_name: str, model_path: str, checkpoint=None, device=None, engine=None, precision=None,
