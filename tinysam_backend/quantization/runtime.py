@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from ..modeling.sam import PIXEL_MEAN, PIXEL_STD, Sam
+from ..modeling.contract import normalize_and_pad
+from ..modeling.sam import Sam
 from .prompts import prompt_to_points
 
 logger = logging.getLogger(__name__)
@@ -149,8 +149,6 @@ class OnnxSam:
         so = session_options(intra_op_threads)
         self.encoder = create_session(self.directory / self.info.encoder_file, so)
         self.decoder = create_session(self.directory / self.info.decoder_file, so)
-        self.pixel_mean = torch.tensor(PIXEL_MEAN).view(-1, 1, 1)
-        self.pixel_std = torch.tensor(PIXEL_STD).view(-1, 1, 1)
         self._no_mask = np.zeros((1, 1, self.info.mask_input_size, self.info.mask_input_size), np.float32)
         self.variant = self.metadata.get("variant", "vit_t")
         logger.info("loaded %s ONNX TinySAM from %s", self.info.precision, self.directory)
@@ -168,9 +166,7 @@ class OnnxSam:
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) resized RGB in 0..255 → normalised and zero-padded to (B, 3, S, S)."""
-        x = (x - self.pixel_mean) / self.pixel_std
-        s = self.image_size
-        return F.pad(x, (0, s - x.shape[-1], 0, s - x.shape[-2]))
+        return normalize_and_pad(x, self.image_size)
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed (1, 3, S, S) → image embeddings (1, 256, S/16, S/16)."""
