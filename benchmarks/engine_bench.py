@@ -71,15 +71,13 @@ def _nncf_encoder(checkpoint: Path, cache: Path, images: list) -> tuple[object, 
     from tinysam_backend.checkpoint import load_torch_model
     from tinysam_backend.engines import encoder_graph
     from tinysam_backend.engines.openvino_engine import OpenVINOImageEncoder, compile_encoder
-    from tinysam_backend.transforms import resize_image
+    from tinysam_backend.modeling import image_to_input
 
     sam = load_torch_model(checkpoint)
     graph = encoder_graph(checkpoint, sam, "openvino", cache)
     data = []
     for rgb in images:
-        resized = resize_image(rgb, sam.image_size)
-        x = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None].float()
-        data.append(sam.preprocess(x).numpy())
+        data.append(image_to_input(rgb, sam.image_size)[0].numpy())
     t0 = time.perf_counter()
     quantized = nncf.quantize(ov.Core().read_model(str(graph)), nncf.Dataset(data), subset_size=len(data))
     seconds = time.perf_counter() - t0

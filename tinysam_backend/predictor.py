@@ -16,16 +16,20 @@ import torch
 from .errors import PromptError
 from .image_io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .lowrank_decoder import ImageContext, LowRankDecoder, unsupported_reason
-from .transforms import boxes_to_input, coords_to_input, resize_image, upscale_logits
+from .modeling.contract import SamModel, resized_input
+from .transforms import boxes_to_input, coords_to_input, upscale_logits
 
 MASK_THRESHOLD = 0.0
 
 
-def model_device(model) -> torch.device:
+def model_device(model: SamModel) -> torch.device:
     """The device of the model's prompt side (and so of its embeddings): CPU for the CPU engines and for models
     without torch weights (ONNX Runtime's `OnnxSam`)."""
-    buffer = getattr(model, "pixel_mean", None)
-    return buffer.device if isinstance(buffer, torch.Tensor) else torch.device("cpu")
+    prompt_encoder = getattr(model, "prompt_encoder", None)
+    if isinstance(prompt_encoder, torch.nn.Module):
+        for p in prompt_encoder.parameters():
+            return p.device
+    return torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -45,12 +49,9 @@ class ImageEmbedding:
 
 
 class Predictor:
-    """Wraps a model (fp32 `Sam` or a quantized model with the same protocol).
+    """Wraps a model with the contract `modeling.SamModel`: an fp32 `Sam`, an engine's or a quantized model."""
 
-    The model protocol: `image_size`, `preprocess(x)`, `encode_image(x)`, `decode(emb, points, boxes, mask_input)`.
-    """
-
-    def __init__(self, model, max_image_pixels: int = DEFAULT_MAX_PIXELS, low_rank_decoder: bool = True) -> None:
+    def __init__(self, model: SamModel, max_image_pixels: int = DEFAULT_MAX_PIXELS, low_rank_decoder: bool = True) -> None:
         self.model = model
         self.max_image_pixels = max_image_pixels
         # Where the model's tensors live (CPU, or "cuda:N" for the torch engine on a GPU): inputs go there, numpy
@@ -67,9 +68,8 @@ class Predictor:
     def prepare(self, image: ImageSource) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
         """Image → (normalised padded (1,3,S,S) tensor, original (H,W), resized (h,w))."""
         rgb = load_image(image, self.max_image_pixels)
-        resized = resize_image(rgb, self.image_size)
-        x = torch.from_numpy(np.array(resized)).permute(2, 0, 1).unsqueeze(0).to(self.device).to(torch.float32)
-        return self.model.preprocess(x), (rgb.shape[0], rgb.shape[1]), (resized.shape[0], resized.shape[1])
+        x, input_size = resized_input(rgb, self.image_size, self.device)
+        return self.model.preprocess(x), (rgb.shape[0], rgb.shape[1]), input_size
 
     @torch.inference_mode()
     def embed(self, image: ImageSource) -> ImageEmbedding:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..image_io import DEFAULT_MAX_PIXELS, load_image
-from ..modeling.sam import PIXEL_MEAN, PIXEL_STD
-from ..transforms import resize_image, resized_shape
+from ..modeling.contract import image_to_input
+from ..transforms import resized_shape
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +45,10 @@ class DistillSample:
 
 
 def preprocess_image(rgb: np.ndarray, image_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """H×W×3 uint8 RGB → (3, S, S) normalised, zero-padded tensor and the resized (h, w)."""
-    resized = resize_image(rgb, image_size)
-    x = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float()
-    x = (x - torch.tensor(PIXEL_MEAN).view(-1, 1, 1)) / torch.tensor(PIXEL_STD).view(-1, 1, 1)
-    h, w = resized.shape[:2]
-    return F.pad(x, (0, image_size - w, 0, image_size - h)), (h, w)
+    """H×W×3 uint8 RGB → (3, S, S) normalised, zero-padded tensor and the resized (h, w) (the model's
+    preprocessing, `modeling.contract.image_to_input`, without the batch axis)."""
+    x, input_size = image_to_input(rgb, image_size)
+    return x[0], input_size
 
 
 def mask_to_low_res(mask: np.ndarray, image_size: int) -> torch.Tensor:

@@ -7,8 +7,8 @@
 - ONNX Runtime: `quantization.runtime` (int8 / fp32 artifacts, and fp32 graphs of a state dict);
 - `graph_cache`: graphs built from a state dict once, cached beside the download cache.
 
-Every engine returns a model with the protocol `Predictor` uses (`image_size`, `preprocess`, `encode_image`,
-`decode`); from a state dict it is an `EngineSam`, from an artifact a `HybridSam` (or ONNX Runtime's `OnnxSam` when
+Every engine returns a model with the contract `Predictor` uses (`modeling.SamModel`: `image_size`, `preprocess`,
+`encode_image`, `decode`); from a state dict it is an `EngineSam`, from an artifact a `HybridSam` (or ONNX Runtime's `OnnxSam` when
 its decoder graph is asked for): a `Sam` whose prompt side is the fp32 PyTorch decoder, so clicks go through the
 exact low-rank decoder whatever ran the encoder. Each model carries `engine_info` (a
 JSON-able dict: device, engine, precision, the reason for the choice, CPU flags, graph path), which the log and the
@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .selection import EngineChoice, EngineError, HostFacts, choose
+
+if TYPE_CHECKING:
+    from ..modeling.contract import SamModel
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +99,7 @@ def encoder_graph(checkpoint: Path, sam, kind: str, cache_dir: Path) -> Path:
 
 
 def build_model(path: Path, choice: EngineChoice, facts: HostFacts, settings, variant: str | None = None,
-                artifact: bool = False):
+                artifact: bool = False) -> SamModel:
     """The model for `choice` (see `selection.choose`), with `engine_info` set. `path`: a state dict file, or an
     ONNX artifact directory when `artifact`."""
     info = {**choice.as_dict(), "cpu_flags": facts.flags_summary(), "max_cpu_isa": facts.max_isa}
@@ -133,7 +137,7 @@ def build_model(path: Path, choice: EngineChoice, facts: HostFacts, settings, va
     return model
 
 
-def _artifact_model(directory: Path, choice: EngineChoice, settings, info: dict):
+def _artifact_model(directory: Path, choice: EngineChoice, settings, info: dict) -> SamModel:
     from ..quantization.runtime import ArtifactInfo, load_quantized, load_with_encoder
 
     if choice.engine == "onnxruntime":

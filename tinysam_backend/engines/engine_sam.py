@@ -3,7 +3,9 @@
 The PyTorch image encoder stays in place (`image_encoder`, fp32, CPU for the CPU engines), so the model's state dict,
 ONNX export, calibration and distillation see the same module as for a plain `Sam`; only `encode_image` — what
 `Predictor.embed` calls — goes to the engine: an OpenVINO / ONNX Runtime compiled graph (`encoder_engine`), or the
-PyTorch encoder under fp16/bf16 autocast (`autocast_dtype`). The prompt side is the fp32 PyTorch decoder either way.
+PyTorch encoder under fp16/bf16 autocast (`autocast_dtype`). The prompt side is the fp32 PyTorch decoder either way,
+and preprocessing is `Sam`'s (`modeling.contract.normalize_and_pad`): an engine's graph takes what `Sam.preprocess`
+returns.
 """
 
 from __future__ import annotations

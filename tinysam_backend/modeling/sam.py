@@ -1,16 +1,16 @@
-"""`Sam` composes image encoder, prompt encoder and mask decoder; it holds no per-image state."""
+"""`Sam` composes image encoder, prompt encoder and mask decoder; it holds no per-image state.
+
+It is the PyTorch model of the contract in `contract.py` (`SamModel`), whose preprocessing it shares.
+"""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .contract import normalize_and_pad
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
-
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 class Sam(nn.Module):
@@ -21,8 +21,6 @@ class Sam(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.variant = variant
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
 
     @property
     def image_size(self) -> int:
@@ -30,9 +28,7 @@ class Sam(nn.Module):
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) resized RGB in 0..255 → normalised and zero-padded to (B, 3, S, S)."""
-        x = (x - self.pixel_mean) / self.pixel_std
-        s = self.image_size
-        return F.pad(x, (0, s - x.shape[-1], 0, s - x.shape[-2]))
+        return normalize_and_pad(x, self.image_size)
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed (B, 3, S, S) → image embeddings (B, 256, S/16, S/16)."""
