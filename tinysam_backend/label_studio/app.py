@@ -117,6 +117,16 @@ def build_backend(settings: Settings, ls_settings: LabelStudioSettings) -> Segme
     return backend
 
 
+ENGINE_FIELDS = ("device", "engine", "precision", "reason", "cpu_flags", "max_cpu_isa")
+
+
+def public_engine_info(model) -> dict:
+    """What `load_model` chose to run (device, engine, precision and why, the CPU flags it went by), for `/health`:
+    open to unauthenticated probes, so the cached graph's path is left out."""
+    info = getattr(model, "engine_info", None) or {}
+    return {k: info[k] for k in ENGINE_FIELDS if k in info}
+
+
 def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
     return Response(dumps(body), status=status, mimetype="application/json", headers=headers)
 
@@ -192,7 +202,9 @@ def create_app(settings: Settings | None = None, ls_settings: LabelStudioSetting
         if state == "failed":  # open to anyone: what is wrong, without the server's paths (the log has them)
             body["error"] = without_paths(slot.error or "", (settings.checkpoint, str(settings.cache_dir)))
         if state == "ready":
-            body["stats"] = slot.get().stats()
+            backend = slot.get()
+            body["stats"] = backend.stats()
+            body["engine"] = public_engine_info(backend.predictor.model)
             return _json(body)
         return _json(body, 503, {"Retry-After": "5"})
 
