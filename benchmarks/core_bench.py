@@ -103,7 +103,7 @@ def measure(args) -> dict:
         "refine_best": lambda: predictor.predict_batch(emb, [refine["point_coords"]], [refine["point_labels"]],
                                                        mask_input=low[None, :1], best_only=True),
     }, args.runs * 4)
-    from tinysam_backend.lowrank_decoder import ImageContext
+    from tinysam_backend.modeling.lowrank_decoder import ImageContext
 
     return {
         "threads": torch.get_num_threads(),

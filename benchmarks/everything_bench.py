@@ -73,7 +73,7 @@ def main() -> None:
     t = time.perf_counter()
     emb = predictor.embed(image)
     embed_s = time.perf_counter() - t
-    from tinysam_backend.lowrank_decoder import ImageContext
+    from tinysam_backend.modeling.lowrank_decoder import ImageContext
 
     t = time.perf_counter()
     ImageContext(model, emb.features)

@@ -65,7 +65,7 @@ def _images(manifest: dict) -> dict:
 
 
 def speed(models: dict, runs: int) -> dict:
-    from tinysam_backend.lowrank_decoder import LowRankDecoder
+    from tinysam_backend.modeling.lowrank_decoder import LowRankDecoder
 
     s = next(iter(models.values())).image_size
     x = torch.randn(1, 3, s, s)

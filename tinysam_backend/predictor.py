@@ -2,7 +2,7 @@
 
 It holds no per-image state: `embed` returns an `ImageEmbedding` value and `predict` takes it back, so one
 predictor can be shared by many threads. For an fp32 `Sam` the embedding also carries the decoder's
-prompt-independent image side (`lowrank_decoder.ImageContext`, ~37 MB), and prompts are decoded from it, about
+prompt-independent image side (`modeling.lowrank_decoder.ImageContext`, ~37 MB), and prompts are decoded from it, about
 2× faster than `Sam.decode` and equal to it up to float32 rounding.
 """
 
@@ -15,8 +15,8 @@ import torch
 
 from .errors import PromptError
 from .image_io import DEFAULT_MAX_PIXELS, ImageSource, load_image
-from .lowrank_decoder import ImageContext, LowRankDecoder, unsupported_reason
 from .modeling.contract import SamModel, resized_input
+from .modeling.lowrank_decoder import ImageContext, LowRankDecoder, unsupported_reason
 from .transforms import boxes_to_input, coords_to_input, upscale_logits
 
 MASK_THRESHOLD = 0.0

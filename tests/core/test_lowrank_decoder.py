@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tinysam_backend import Predictor
-from tinysam_backend.lowrank_decoder import ImageContext, LowRankDecoder, unsupported_reason
+from tinysam_backend.modeling.lowrank_decoder import ImageContext, LowRankDecoder, unsupported_reason
 
 
 def _prompt_kinds(size: float, batch: int, seed: int) -> dict:

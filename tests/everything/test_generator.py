@@ -8,9 +8,9 @@ import torch
 
 from tinysam_backend import Predictor
 from tinysam_backend.everything import EverythingParams, run_everything, segment_everything
-from tinysam_backend.everything.decoders import ModelPointDecoder, make_point_decoder
+from tinysam_backend.everything.decoders import LowRankPointDecoder, ModelPointDecoder, make_point_decoder
 from tinysam_backend.everything.postprocess import decode_rle
-from tinysam_backend.lowrank_decoder import LowRankDecoder, unsupported_reason
+from tinysam_backend.modeling.lowrank_decoder import LowRankDecoder, unsupported_reason
 
 # Thresholds that let random weights keep masks (their IoU predictions and logits are small).
 PERMISSIVE = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "high_score_thresh": 0.5, "box_nms_thresh": 0.7}
@@ -54,7 +54,7 @@ def test_fast_decoder_equals_model_decode_parity_model(parity_model, parity_dir)
     features = torch.from_numpy(np.load(parity_dir / "coffee_embedding.npy"))
     pts = _input_points(np.random.default_rng(2), 5, (683, 1024))
     with torch.inference_mode():
-        decoded = LowRankDecoder(parity_model, features)(pts)
+        decoded = LowRankPointDecoder(parity_model, features)(pts)
         ref_low, ref_iou = parity_model.decode(
             features, (torch.from_numpy(pts).reshape(-1, 1, 2), torch.ones(5, 1, dtype=torch.int64)))
         # Only some masks asked for: the heads run for those prompts only, and give the same logits.
@@ -67,7 +67,7 @@ def test_fast_decoder_equals_model_decode_parity_model(parity_model, parity_dir)
 
 def test_decoder_choice(tiny_model, tiny_embedding):
     assert unsupported_reason(tiny_model) is None
-    assert isinstance(make_point_decoder(tiny_model, tiny_embedding.features, "auto"), LowRankDecoder)
+    assert isinstance(make_point_decoder(tiny_model, tiny_embedding.features, "auto"), LowRankPointDecoder)
     assert isinstance(make_point_decoder(tiny_model, tiny_embedding.features, "model"), ModelPointDecoder)
 
     class Wrapped:  # anything with the model protocol but not a Sam, e.g. a quantized model

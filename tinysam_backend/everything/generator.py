@@ -359,7 +359,7 @@ def run_everything(predictor, image, params: EverythingParams, progress: Progres
         records = run.records(cands)
     t_end = time.perf_counter()
     timings = dict(run.timings, embed_s=t_embed - t_start, records_s=t_end - t_nms, total_s=t_end - t_start,
-                   decoder=type(decoder).__name__)
+                   decoder=decoder.name)
     logger.info("everything (%s): %d prompts, %d masks before NMS, %d records in %.2f s", params.mode,
                 sum(per_round), len(cands), len(records), t_end - t_start)
     return EverythingResult(records, per_round, len(cands), timings)

@@ -24,8 +24,8 @@ convolution from 16 channels, so its dense embedding is F minus the "no mask" em
 
 Two more savings, also exact: the last token-to-image attention only for the tokens whose outputs are used
 (IoU token and the three multimask tokens; in the everything mode first the IoU token alone), and the mask
-tokens' last attention and the upscaling heads only for prompts with a mask asked for (`low_res` of the decoded
-batch), since the everything mode's IoU filter runs first; a click (`decode(..., best_only=True)`) runs the
+tokens' last attention and the upscaling heads only for prompts with a mask asked for (the everything mode's
+point decoder, `everything/decoders.py`, runs them after its IoU filter); a click (`decode(..., best_only=True)`) runs the
 hypernetwork and the last product for its highest-IoU mask only. The heads run as matrix
 products in a pixel-major layout, so the 32-channel output is reduced by the hypernetwork before any
 reshuffling. Results equal `Sam.decode` up to float32 rounding (tests/core/test_lowrank_decoder.py).
@@ -41,22 +41,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
+from .common import LayerNorm2d
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import Sam
+from .transformer import TwoWayTransformer
+
 # Prompts whose mask heads (two transposed convolutions at 128² and 256²) run at once.
-_HEAD_CHUNK = 8
+HEAD_CHUNK = 8
 
 
 def unsupported_reason(model) -> str | None:
     """None when `model` is an fp32 `Sam` whose decoder this module understands, else why not."""
-    from .modeling.common import LayerNorm2d
-    from .modeling.mask_decoder import MaskDecoder
-    from .modeling.prompt_encoder import PromptEncoder
-    from .modeling.sam import Sam
-    from .modeling.transformer import TwoWayTransformer
-
     if not isinstance(model, Sam):
         return f"model is a {type(model).__name__}, not a Sam"
     dec = getattr(model, "mask_decoder", None)
@@ -240,7 +239,7 @@ class ImageContext:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-class _Tokens:
+class ImageTokens:
     """Per-prompt image tokens X = dd ⊙ (F + L[:, :r]ᵀ R[:, :r]); dd None while X = F (r = 0)."""
 
     def __init__(self, b: int, rank: int, n: int, c: int, device: torch.device) -> None:
@@ -259,8 +258,9 @@ class _Tokens:
     def Rr(self) -> torch.Tensor:
         return self.R[:, : self.r]
 
-    def take(self, sel: torch.Tensor) -> _Tokens:
-        out = _Tokens.__new__(_Tokens)
+    def take(self, sel: torch.Tensor) -> ImageTokens:
+        """The tokens of the prompts `sel` (an index tensor over B), for running the heads on a subset."""
+        out = ImageTokens.__new__(ImageTokens)
         out.dd, out.L, out.R, out.r, out.v_tokens, out.has_mask = self.dd[sel], self.Lr[sel], self.Rr[sel], self.r, [], False
         return out
 
@@ -268,8 +268,9 @@ class _Tokens:
 class LowRankDecoder:
     """`Sam.decode` for prompts on one image embedding, through a prompt-independent `ImageContext`.
 
-    Calls: `decode(points, boxes, mask_input)` like `Sam.decode` (input-frame tensors); `decoder(points)` for a
-    batch of single foreground points (B, 2), the everything mode's `PointDecoder`.
+    `decode(points, boxes, mask_input)` is called like `Sam.decode` (input-frame tensors). The pieces it is built
+    from — `layers`, `final`, `hypernetworks`, `masks` — are public for the everything mode's point decoder
+    (`everything.decoders.LowRankPointDecoder`), which asks for IoUs first and for mask logits later.
     """
 
     def __init__(self, model, features: torch.Tensor | None = None, context: ImageContext | None = None) -> None:
@@ -283,7 +284,7 @@ class LowRankDecoder:
     # ------------------------------------------------------------------ attention pieces
     @staticmethod
     def _image_scores(proj: nn.Linear, x: torch.Tensor, base: torch.Tensor, pe: torch.Tensor,
-                      tok: _Tokens, base_with_pe: torch.Tensor | None = None) -> torch.Tensor:
+                      tok: ImageTokens, base_with_pe: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (B, H·T, N) of prompt-side x (B, T, H, d), already scaled, against the image tokens projected by
         `proj`: x · (dd ⊙ (F + Lᵀ R) W + P W + b)ᵀ, with F W = `base` and P W + b = `pe` (H, d, N) precomputed."""
         if tok.dd is None:
@@ -295,7 +296,7 @@ class LowRankDecoder:
         scores = _scores(x, pe)
         return scores.addcmul_(lowrank, tok.dd[:, None, :])
 
-    def _token_to_image(self, attn, stage: _Stage, tok: _Tokens, q_in: torch.Tensor) -> torch.Tensor:
+    def _token_to_image(self, attn, stage: _Stage, tok: ImageTokens, q_in: torch.Tensor) -> torch.Tensor:
         """attn(q = q_in, k = X + P, v = X) for prompt tokens q_in (B, T, C) → (B, T, C)."""
         b, t, _ = q_in.shape
         h = attn.num_heads
@@ -314,7 +315,7 @@ class LowRankDecoder:
             out = out + torch.einsum("bhtr,brhd->bthd", pl, rv)
         return attn.out_proj(out.reshape(b, t, h * d) + attn.v_proj.bias)
 
-    def _image_to_token(self, attn, norm: nn.LayerNorm, stage: _Stage, tok: _Tokens, queries: torch.Tensor,
+    def _image_to_token(self, attn, norm: nn.LayerNorm, stage: _Stage, tok: ImageTokens, queries: torch.Tensor,
                         query_pe: torch.Tensor) -> None:
         """X ← norm(X + attn(q = X + P, k = queries + query_pe, v = queries)), kept in low-rank form."""
         b, t, c = queries.shape
@@ -348,7 +349,7 @@ class LowRankDecoder:
         tok.v_tokens.append((v_folded.permute(0, 2, 1, 3), v_last))
         self._layer_norm(norm, stage, tok)
 
-    def _layer_norm(self, norm: nn.LayerNorm, stage: _Stage, tok: _Tokens) -> None:
+    def _layer_norm(self, norm: nn.LayerNorm, stage: _Stage, tok: ImageTokens) -> None:
         """Apply LayerNorm to Z = dd ⊙ (F + Lᵀ R) without forming Z (statistics from F-side products)."""
         L, R = tok.Lr, tok.Rr
         b, r, n = L.shape
@@ -400,14 +401,14 @@ class LowRankDecoder:
         tok.dd = dd
 
     # ------------------------------------------------------------------ transformer
-    def _start(self, b: int, t: int, mask_input: torch.Tensor | None) -> _Tokens:
+    def _start(self, b: int, t: int, mask_input: torch.Tensor | None) -> ImageTokens:
         """Image tokens before the first layer: F, or F + the mask prompt's low-rank term."""
         layers = self.model.mask_decoder.transformer.layers
         rank = sum(layer.cross_attn_image_to_token.num_heads * (t - 1) + 3 for layer in layers)
         if mask_input is None:
-            return _Tokens(b, rank, self.ctx.n, self.ctx.c, self.ctx.device)
+            return ImageTokens(b, rank, self.ctx.n, self.ctx.c, self.ctx.device)
         ctx = self.ctx
-        tok = _Tokens(b, rank + ctx.mask_rank, ctx.n, ctx.c, ctx.device)
+        tok = ImageTokens(b, rank + ctx.mask_rank, ctx.n, ctx.c, ctx.device)
         branch = self.model.prompt_encoder.mask_downscaling
         g = branch[:-1](mask_input.to(ctx.device).float())  # (B, 16, h, w)
         if g.shape[-2:] != ctx.grid:
@@ -422,7 +423,7 @@ class LowRankDecoder:
         return tok
 
     def layers(self, sparse: torch.Tensor, mask_input: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, _Tokens]:
+               ) -> tuple[torch.Tensor, torch.Tensor, ImageTokens]:
         """Sparse prompt embeddings (B, K, C) [+ mask_input (B, 1, 4h, 4w)] through the two-way layers →
         (tokens (B, T, C), their positional embedding (B, T, C), image tokens)."""
         dec = self.model.mask_decoder
@@ -439,26 +440,11 @@ class LowRankDecoder:
                                  point_embedding)
         return queries, point_embedding, tok
 
-    def final(self, queries: torch.Tensor, point_embedding: torch.Tensor, tok: _Tokens) -> torch.Tensor:
+    def final(self, queries: torch.Tensor, point_embedding: torch.Tensor, tok: ImageTokens) -> torch.Tensor:
         """The last token-to-image attention + norm for the given tokens (each token's output is its own)."""
         tr = self.model.mask_decoder.transformer
         out = self._token_to_image(tr.final_attn_token_to_image, self.ctx.final, tok, queries + point_embedding)
         return tr.norm_final_attn(queries + out)
-
-    def __call__(self, points: np.ndarray) -> _LowRankDecoded:
-        """(B, 2) XY input-frame points, one foreground point per prompt → IoUs now, mask logits on demand.
-
-        Only the IoU token goes through the last attention here; the mask tokens do in `low_res`, for the prompts
-        whose masks are asked for."""
-        with torch.inference_mode():
-            dev = self.ctx.device
-            coords = torch.from_numpy(np.asarray(points, dtype=np.float64)).reshape(-1, 1, 2).to(dev)
-            labels = torch.ones((coords.shape[0], 1), dtype=torch.int64, device=dev)
-            sparse, _ = self.model.prompt_encoder((coords, labels), None, None)
-            queries, point_embedding, tok = self.layers(sparse)
-            iou_token = self.final(queries[:, :1], point_embedding[:, :1], tok)
-            iou = self.model.mask_decoder.iou_prediction_head(iou_token[:, 0])[:, 1:]
-        return _LowRankDecoded(self, queries, point_embedding, tok, iou)
 
     def decode(self, points: tuple[torch.Tensor, torch.Tensor] | None = None, boxes: torch.Tensor | None = None,
                mask_input: torch.Tensor | None = None, best_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -482,10 +468,10 @@ class LowRankDecoder:
             iou = self.model.mask_decoder.iou_prediction_head(hs[:, 0])[:, 1:]
             which = iou.argmax(dim=1, keepdim=True) if best_only else None
             chunks = []
-            for i in range(0, len(hs), _HEAD_CHUNK):
-                sel = slice(i, i + _HEAD_CHUNK)
+            for i in range(0, len(hs), HEAD_CHUNK):
+                sel = slice(i, i + HEAD_CHUNK)
                 hyper = self.hypernetworks(hs[sel, 1:], None if which is None else which[sel])
-                part = tok if len(hs) <= _HEAD_CHUNK else tok.take(torch.arange(i, min(i + _HEAD_CHUNK, len(hs)),
+                part = tok if len(hs) <= HEAD_CHUNK else tok.take(torch.arange(i, min(i + HEAD_CHUNK, len(hs)),
                                                                                  device=dev))
                 chunks.append(self.masks(hyper, part))
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks), iou
@@ -503,7 +489,7 @@ class LowRankDecoder:
             out[rows, cols] = mlps[i + 1](hs[rows, i])
         return out
 
-    def masks(self, hyper: torch.Tensor, tok: _Tokens) -> torch.Tensor:
+    def masks(self, hyper: torch.Tensor, tok: ImageTokens) -> torch.Tensor:
         """Low-res logits (B, k, 4h, 4w) of the masks whose hypernetwork outputs are hyper (B, k, C/8)."""
         dec = self.model.mask_decoder
         ctx = self.ctx
@@ -521,29 +507,3 @@ class LowRankDecoder:
         m = torch.bmm(up.view(b, -1, c8), hyper.transpose(1, 2))  # (B, N·16, k), rows (y, x, i1, j1, i2, j2)
         m = m.view(b, gh, gw, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return m.reshape(b, k, 4 * gh, 4 * gw)
-
-
-class _LowRankDecoded:
-    def __init__(self, decoder: LowRankDecoder, queries: torch.Tensor, point_embedding: torch.Tensor, tok: _Tokens,
-                 iou: torch.Tensor) -> None:
-        self.decoder = decoder
-        self.queries = queries
-        self.point_embedding = point_embedding
-        self.tok = tok
-        self.iou = iou.float().cpu().numpy()
-        gh, gw = decoder.ctx.grid
-        self.mask_shape = (4 * gh, 4 * gw)
-
-    def low_res(self, flat_index: np.ndarray) -> torch.Tensor:
-        flat_index = np.asarray(flat_index, dtype=np.int64)
-        prompts, inverse = np.unique(flat_index // 3, return_inverse=True)
-        mask_tokens = list(range(2, 1 + self.decoder.model.mask_decoder.num_mask_tokens))
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(prompts), _HEAD_CHUNK):
-                sel = torch.as_tensor(prompts[start:start + _HEAD_CHUNK], device=self.decoder.ctx.device)
-                tok = self.tok.take(sel)
-                hs = self.decoder.final(self.queries[sel][:, mask_tokens], self.point_embedding[sel][:, mask_tokens], tok)
-                out.append(self.decoder.masks(self.decoder.hypernetworks(hs), tok))
-            masks = torch.cat(out).reshape(-1, *self.mask_shape)  # (P·3, 256, 256)
-        return masks[torch.as_tensor(inverse.reshape(-1) * 3 + flat_index % 3, device=masks.device)]
