@@ -110,6 +110,7 @@ def measure(args) -> dict:
         "reference": t["reference"], "ours": t["ours"], "diff": diff,
         "embed": _median_time(lambda: predictor.embed(image), args.runs),
         "context": _median_time(lambda: ImageContext(predictor.model, emb.features), args.runs),
+        "context_bytes": emb.context.nbytes,
         **clicks,
         "click_box": _median_time(lambda: predictor.predict(emb, [[500, 400]], [1], box=[300, 200, 700, 600]),
                                   args.runs * 4),
@@ -179,6 +180,8 @@ def main() -> None:
     for k in ("default", "tuned"):
         print(f"low-rank / Sam.decode, {k:7s} malloc: click {med[k]['click'] / med[k]['click_model']:.2f}, refine "
               f"{med[k]['refine'] / med[k]['refine_model']:.2f}, batch {med[k]['batch64'] / med[k]['batch64_model']:.2f}")
+    print(f"decoder context (ImageContext.nbytes) per image: {med['tuned']['context_bytes'] / 2**20:.1f} MiB "
+          f"({int(med['tuned']['context_bytes']):,} bytes)")
     print("tuned malloc is what `tinysam` commands and `tinysam serve` run with (tinysam_backend/allocator.py)")
 
 

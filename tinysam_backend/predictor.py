@@ -2,8 +2,8 @@
 
 It holds no per-image state: `embed` returns an `ImageEmbedding` value and `predict` takes it back, so one
 predictor can be shared by many threads. For an fp32 `Sam` the embedding also carries the decoder's
-prompt-independent image side (`modeling.lowrank_decoder.ImageContext`, ~37 MB), and prompts are decoded from it, about
-2× faster than `Sam.decode` and equal to it up to float32 rounding.
+prompt-independent image side (`modeling.lowrank_decoder.ImageContext`, 41 MiB), and prompts are decoded from it,
+about 2× faster than `Sam.decode` and equal to it up to float32 rounding.
 """
 
 from __future__ import annotations
