@@ -35,7 +35,7 @@ def mask_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def recall(dense: list[dict], hierarchical: list[dict], iou: float) -> float:
-    from tinysam_backend.everything.postprocess import decode_rle
+    from tinysam_backend.masks import decode_rle
 
     if not dense:
         return float("nan")

@@ -112,7 +112,8 @@ def evaluate_coco(images_dir, annotations, boxes, *, checkpoint=None, predictor=
     from pycocotools.coco import COCO
     from tqdm import tqdm
 
-    from .image_io import DEFAULT_MAX_PIXELS, load_image
+    from .config import DEFAULT_MAX_IMAGE_PIXELS
+    from .image_io import load_image
 
     images_dir = Path(images_dir)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -138,7 +139,8 @@ def evaluate_coco(images_dir, annotations, boxes, *, checkpoint=None, predictor=
         if not image_dets:
             continue
         info = coco_gt.loadImgs(image_id)[0]
-        image = load_image(images_dir / info["file_name"], getattr(predictor, "max_image_pixels", DEFAULT_MAX_PIXELS))
+        image = load_image(images_dir / info["file_name"],
+                           getattr(predictor, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
         if image.shape[:2] != (info["height"], info["width"]):
             raise TinySAMError(f"image {info['file_name']} is {image.shape[1]}x{image.shape[0]}, the annotations "
                                f"say {info['width']}x{info['height']}")

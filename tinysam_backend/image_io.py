@@ -15,7 +15,6 @@ ImageSource = np.ndarray | Image.Image | str | Path | bytes
 
 # Raster formats users label; formats with decoders outside Pillow's pixel check (PDF, FITS, EPS…) are refused.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "MPO")
-DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 
 
 def pillow_pixel_ceiling() -> int | None:
@@ -97,7 +96,7 @@ def array_to_rgb(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def load_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Any accepted image source → H×W×3 uint8 RGB, in the displayed orientation.
 
     src: a numpy array (taken as already oriented), a PIL image, a file path, or encoded bytes.

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import PromptError
-from .image_io import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from .image_io import ImageSource, load_image
+from .masks import MASK_THRESHOLD
 from .modeling.contract import SamModel, resized_input
 from .modeling.lowrank_decoder import ImageContext, LowRankDecoder, unsupported_reason
 from .transforms import boxes_to_input, coords_to_input, upscale_logits
-
-MASK_THRESHOLD = 0.0
 
 
 def model_device(model: SamModel) -> torch.device:
@@ -51,7 +51,8 @@ class ImageEmbedding:
 class Predictor:
     """Wraps a model with the contract `modeling.SamModel`: an fp32 `Sam`, an engine's or a quantized model."""
 
-    def __init__(self, model: SamModel, max_image_pixels: int = DEFAULT_MAX_PIXELS, low_rank_decoder: bool = True) -> None:
+    def __init__(self, model: SamModel, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 low_rank_decoder: bool = True) -> None:
         self.model = model
         self.max_image_pixels = max_image_pixels
         # Where the model's tensors live (CPU, or "cuda:N" for the torch engine on a GPU): inputs go there, numpy
@@ -157,6 +158,15 @@ class Predictor:
             masks = (upscale_logits(low_res, self.image_size, emb.input_size, emb.original_size) > MASK_THRESHOLD)
             masks = masks.cpu().numpy()
         return masks, iou.float().cpu().numpy(), low_res.float().cpu().numpy()
+
+    def predict_best(self, emb: ImageEmbedding, point_coords=None, point_labels=None, boxes=None, mask_input=None):
+        """Many prompts on one image → each prompt's best mask of three (highest predicted IoU), in original pixels.
+
+        Prompts as `predict_batch`. Only the chosen mask is upscaled. Returns masks (B, H, W) bool, their predicted
+        IoUs (B,) float32, and their low-res logits (B, 256, 256) float32 (the next click's `mask_input`).
+        """
+        masks, scores, low_res = self.predict_batch(emb, point_coords, point_labels, boxes, mask_input, best_only=True)
+        return masks[:, 0], scores.max(axis=1), low_res[:, 0]
 
     def predict(self, emb: ImageEmbedding, point_coords=None, point_labels=None, box=None,
                 mask_input: np.ndarray | None = None):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from tinysam_backend.cli import main
-from tinysam_backend.everything.postprocess import decode_rle
+from tinysam_backend.masks import decode_rle
 
 
 @pytest.mark.parametrize("mode", ["hierarchical", "dense"])

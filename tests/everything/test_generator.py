@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from tinysam_backend import Predictor
 from tinysam_backend.everything import EverythingParams, run_everything, segment_everything
 from tinysam_backend.everything.decoders import LowRankPointDecoder, ModelPointDecoder, make_point_decoder
-from tinysam_backend.everything.postprocess import decode_rle
+from tinysam_backend.masks import decode_rle
 from tinysam_backend.modeling.lowrank_decoder import LowRankDecoder, unsupported_reason
 
 # Thresholds that let random weights keep masks (their IoU predictions and logits are small).
@@ -134,8 +136,9 @@ def test_high_confidence_map_prunes_second_round(tiny_predictor, tiny_embedding)
     none_high = run_everything(tiny_predictor, tiny_embedding,
                                EverythingParams(points_per_side=8, **dict(PERMISSIVE, high_score_thresh=1e9)))
     assert none_high.prompts_per_round[1] > 0
+    # 1.0, the top of the range: random weights predict IoUs far below it, so the first round keeps nothing
     nothing_kept = run_everything(tiny_predictor, tiny_embedding,
-                                  EverythingParams(points_per_side=8, pred_iou_thresh=1e9))
+                                  EverythingParams(points_per_side=8, pred_iou_thresh=1.0))
     assert nothing_kept.records == [] and nothing_kept.prompts_per_round == none_high.prompts_per_round
 
 
@@ -151,10 +154,29 @@ def test_min_mask_region_area_runs(tiny_predictor, tiny_embedding):
     ({"mode": "dense", "points_per_side": 0}, "points_per_side"), ({"points_per_batch": 0}, "points_per_batch"),
     ({"pred_iou_thresh": float("nan")}, "pred_iou_thresh"), ({"box_nms_thresh": 1.5}, "box_nms_thresh"),
     ({"min_mask_region_area": -1}, "min_mask_region_area"), ({"decoder": "gpu"}, "decoder"),
+    ({"pred_iou_thresh": 1.5}, r"pred_iou_thresh must be in \[-inf, 1.0\], got 1.5"),
+    ({"stability_score_thresh": 2}, "stability_score_thresh"), ({"points_per_batch": 2.0}, "points_per_batch"),
+    ({"high_score_thresh": True}, "high_score_thresh"),
 ])
 def test_params_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EverythingParams(**kwargs)
+    with pytest.raises(ValueError, match=match):  # the library's keywords go through the same checks
+        segment_everything(None, None, **kwargs)
+
+
+def test_params_overrides_and_parameters():
+    assert EverythingParams.from_overrides() == EverythingParams()
+    assert EverythingParams.from_overrides(mode="dense", points_per_side=2).points_per_side == 2
+    with pytest.raises(ValueError, match=r"unknown segment-everything parameters \['points_per_sid'\]"):
+        EverythingParams.from_overrides(points_per_sid=8)
+    params = {p.name: p for p in EverythingParams.parameters()}
+    assert list(params) == [f.name for f in dataclasses.fields(EverythingParams)]
+    assert params["points_per_side"].flag == "--points-per-side" and params["points_per_side"].parse(" 12 ") == 12
+    assert params["mode"].parse("Dense") == "dense" and params["mode"].choices == ("hierarchical", "dense")
+    assert params["pred_iou_thresh"].high == 1.0 and params["pred_iou_thresh"].parse("0.5") == 0.5
+    with pytest.raises(ValueError, match="points_per_side must be an integer, got '1.5'"):
+        params["points_per_side"].parse("1.5")
 
 
 def test_batches_in_worker_threads_give_the_same_records_and_stop_on_cancel(tiny_predictor, tiny_embedding,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tinysam_backend.everything import EverythingParams, run_everything
-from tinysam_backend.everything.postprocess import decode_rle
+from tinysam_backend.masks import decode_rle
 
 IMAGES = ["astronaut", "coffee"]
 FIXTURES = ["everything_hierarchical", "everything_hierarchical_nonms"]

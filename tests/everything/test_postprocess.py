@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
 
 from tinysam_backend.everything.postprocess import (
-    box_iou_matrix,
     box_nms,
     box_xyxy_to_xywh,
-    decode_rle,
-    encode_rle,
-    encode_rle_transposed,
     masks_to_boxes,
     remove_small_regions,
-    stability_score,
 )
 
 
@@ -63,24 +57,17 @@ def test_box_nms_edge_cases():
         box_nms(np.zeros((3, 4)), np.zeros(2), 0.5)
 
 
-def test_box_iou_matrix_symmetric_with_unit_diagonal():
-    boxes = np.array([[0, 0, 10, 10], [5, 5, 15, 15], [0, 0, 0, 0]], dtype=float)
-    iou = box_iou_matrix(boxes)
-    assert iou[0, 1] == pytest.approx(25 / 175) and iou[1, 0] == iou[0, 1]
-    assert iou[0, 0] == 1.0 and np.isnan(iou[2, 2])
-
-
-def test_stability_score_is_iou_of_offset_masks():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(0, 2, size=(4, 20, 30)).astype(np.float32)
-    logits[3] = -5.0  # nothing above -1: 0 / 0
-    got = stability_score(logits, 0.0, 1.0)
-    for i in range(3):
-        high, low = logits[i] > 1.0, logits[i] > -1.0
-        assert got[i] == np.float32(np.float32((high & low).sum()) / np.float32((high | low).sum()))
-    assert np.isnan(got[3]) and got.dtype == np.float32
-    with pytest.raises(ValueError, match=r"\(K, H, W\)"):
-        stability_score(logits[0])
+def test_box_nms_iou_is_inter_over_union_and_zero_area_pairs_never_suppress():
+    # IoU([0,0,10,10], [5,5,15,15]) = 25 / 175: suppressed just below it, kept at it (suppression is IoU > thresh)
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 15, 15]], dtype=float)
+    scores = np.array([0.9, 0.5])
+    assert box_nms(boxes, scores, np.nextafter(25 / 175, 0)).tolist() == [0]
+    assert box_nms(boxes, scores, 25 / 175).tolist() == [0, 1]
+    assert box_nms(boxes[::-1].copy(), scores, np.nextafter(25 / 175, 0)).tolist() == [0]  # symmetric
+    same = np.array([[3, 3, 8, 8], [3, 3, 8, 8]], dtype=float)  # IoU 1: suppressed at any threshold below 1
+    assert box_nms(same, scores, 0.999).tolist() == [0]
+    empty = np.zeros((2, 4))  # two zero-area boxes: 0 / 0, never above a threshold
+    assert box_nms(empty, scores, 0.0).tolist() == [0, 1]
 
 
 def test_masks_to_boxes_inclusive_and_empty():
@@ -90,19 +77,6 @@ def test_masks_to_boxes_inclusive_and_empty():
     boxes = masks_to_boxes(masks)
     assert boxes.tolist() == [[3, 2, 8, 4], [0, 7, 0, 7], [0, 0, 0, 0]]
     assert box_xyxy_to_xywh(boxes).tolist() == [[3, 2, 5, 2], [0, 7, 0, 0], [0, 0, 0, 0]]
-
-
-def test_rle_round_trip_and_matches_pycocotools():
-    rng = np.random.default_rng(1)
-    masks = rng.random((3, 13, 17)) > 0.6
-    rles = encode_rle(masks)
-    assert rles == encode_rle_transposed(np.ascontiguousarray(masks.transpose(0, 2, 1)))
-    for m, rle in zip(masks, rles):
-        assert isinstance(rle["counts"], str) and rle["size"] == [13, 17]
-        ref = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-        assert rle["counts"] == ref["counts"].decode("ascii")
-        assert (decode_rle(rle) == m).all()
-    assert encode_rle(np.zeros((0, 4, 4), bool)) == []
 
 
 def test_remove_small_regions():

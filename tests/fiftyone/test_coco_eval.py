@@ -9,7 +9,7 @@ import pytest
 
 from tinysam_backend.coco_eval import load_detections, mask_ap, segment_detections, xywh_to_xyxy
 from tinysam_backend.errors import TinySAMError
-from tinysam_backend.everything.postprocess import decode_rle, encode_rle
+from tinysam_backend.masks import decode_rle, encode_rle
 
 COCO_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 

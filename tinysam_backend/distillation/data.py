@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..image_io import DEFAULT_MAX_PIXELS, load_image
+from ..config import DEFAULT_MAX_IMAGE_PIXELS
+from ..image_io import load_image
 from ..modeling.contract import image_to_input
 from ..transforms import resized_shape
 
@@ -77,7 +78,7 @@ class ImageFolderDataset:
     """Images under `images_dir` (sorted, recursive), with optional COCO instance annotations."""
 
     def __init__(self, images_dir: str | Path, image_size: int, annotations: str | Path | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         self.root = Path(images_dir)
         if not self.root.is_dir():
             raise ValueError(f"images must be a directory, got {self.root}")

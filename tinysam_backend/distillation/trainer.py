@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..checkpoint import load_state_dict_checked, load_torch_model
-from ..image_io import DEFAULT_MAX_PIXELS
+from ..config import DEFAULT_MAX_IMAGE_PIXELS
 from ..modeling import Sam, build_sam
 from . import losses
 from .data import DistillSample, ImageFolderDataset
@@ -87,7 +87,7 @@ class DistillConfig:
     stop_at: int | None = None
     progress: bool = True
     device: str | None = None
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def validate(self) -> None:
         checks = [("steps", self.steps, 1), ("batch_images", self.batch_images, 1),

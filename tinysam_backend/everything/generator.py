@@ -17,35 +17,25 @@ pixels (bilinear to the input frame, crop, bilinear to the image) only for masks
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..masks import MASK_THRESHOLD, decode_rle, encode_rle, encode_rle_transposed, stability_score
 from .decoders import PointDecoder, make_point_decoder, splits_into_threads
+from .params import DECODERS, MODES, EverythingParams
 from .point_grids import cell_centre_grid, second_round_points
-from .postprocess import (
-    MASK_THRESHOLD,
-    box_nms,
-    box_xyxy_to_xywh,
-    decode_rle,
-    encode_rle,
-    encode_rle_transposed,
-    masks_to_boxes,
-    remove_small_regions,
-    rows_cols_to_boxes,
-)
+from .postprocess import box_nms, box_xyxy_to_xywh, masks_to_boxes, remove_small_regions, rows_cols_to_boxes
 
 logger = logging.getLogger(__name__)
 
-MODES = ("hierarchical", "dense")
-DECODERS = ("auto", "fast", "model")
 # Pixels of upscaled float32 logits held at once while filtering (≈ 128 MiB).
 _UPSCALE_PIXEL_BUDGET = 1 << 25
 # Batches decoded side by side (worker threads, one intra-op thread each) by the low-rank decoder.
@@ -55,53 +45,8 @@ _CROP_NMS_THRESH = 0.7
 
 ProgressFn = Callable[[int, int], None]
 
-
-@dataclass(frozen=True)
-class EverythingParams:
-    """Parameters of segment-everything (the same names in the API, the CLI, Label Studio and FiftyOne).
-
-    points_per_side: side of the dense grid (hierarchical: the first round uses points_per_side // 4);
-    pred_iou_thresh: keep masks whose predicted IoU is above it (0 or less: no filter);
-    stability_score_thresh: keep masks whose stability score is at least it (0 or less: no filter);
-    stability_score_offset: the logit offset of the stability score;
-    high_score_thresh: logit above which a first-round mask pixel is "high confidence" (hierarchical);
-    box_nms_thresh: box IoU above which the lower-scored mask is suppressed (1.0: none);
-    min_mask_region_area: if > 0, fill holes and drop islands smaller than this many pixels;
-    points_per_batch: prompts decoded at once; decoder: "fast" (low-rank decoder, fp32 `Sam` only),
-    "model" (`model.decode`, any model), "auto" (fast when the model allows it).
-    """
-
-    mode: str = "hierarchical"
-    points_per_side: int = 32
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    high_score_thresh: float = 8.5
-    box_nms_thresh: float = 0.7
-    min_mask_region_area: int = 0
-    points_per_batch: int = 16
-    decoder: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
-        minimum = 4 if self.mode == "hierarchical" else 1
-        if not isinstance(self.points_per_side, (int, np.integer)) or self.points_per_side < minimum:
-            raise ValueError(f"points_per_side must be an integer >= {minimum} in {self.mode} mode, "
-                             f"got {self.points_per_side!r}")
-        if not isinstance(self.points_per_batch, (int, np.integer)) or self.points_per_batch < 1:
-            raise ValueError(f"points_per_batch must be an integer >= 1, got {self.points_per_batch!r}")
-        if not isinstance(self.min_mask_region_area, (int, np.integer)) or self.min_mask_region_area < 0:
-            raise ValueError(f"min_mask_region_area must be an integer >= 0, got {self.min_mask_region_area!r}")
-        for name in ("pred_iou_thresh", "stability_score_thresh", "stability_score_offset", "high_score_thresh",
-                     "box_nms_thresh"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if not 0.0 <= self.box_nms_thresh <= 1.0:
-            raise ValueError(f"box_nms_thresh must be in [0, 1], got {self.box_nms_thresh}")
+__all__ = ["DECODERS", "MODES", "EverythingParams", "EverythingResult", "MaskCandidates", "run_everything",
+           "segment_everything"]
 
 
 @dataclass
@@ -152,154 +97,240 @@ class EverythingResult:
         return int(sum(self.prompts_per_round))
 
 
+# ------------------------------------------------------------------------------------------------ geometry
 @dataclass(frozen=True)
 class _Geometry:
-    image_size: int  # model input side (1024)
-    input_size: tuple[int, int]  # resized (h, w)
-    original_size: tuple[int, int]  # (H, W)
+    """The frames of one image: model input side (1024), resized (h, w), original (H, W)."""
 
+    image_size: int
+    input_size: tuple[int, int]
+    original_size: tuple[int, int]
 
-class _Run:
-    """One segment-everything run on one image embedding."""
-
-    def __init__(self, decoder: PointDecoder, geometry: _Geometry, params: EverythingParams,
-                 progress: ProgressFn | None) -> None:
-        self.decoder = decoder
-        self.geometry = geometry
-        self.params = params
-        self.progress = progress
-        self.done = 0
-        self.total = 0
-        self.timings = {"decode_s": 0.0, "filter_s": 0.0}  # summed over worker threads
-        self.workers = min(MAX_BATCH_WORKERS, torch.get_num_threads()) if splits_into_threads(decoder) else 1
-
-    # ------------------------------------------------------------------ rounds
-    def masks_for_points(self, grid: np.ndarray, need_high: bool) -> tuple[MaskCandidates, np.ndarray | None]:
-        """Decode normalised points in batches, filter their masks; with `need_high` also the high map.
-
-        With the low-rank decoder and several intra-op threads, batches run side by side in worker threads with one
-        intra-op thread each (its many small ops parallelise poorly inside one op); results keep batch order.
-        """
-        h, w = self.geometry.original_size
-        points = grid * np.array([w, h])[None, :]
-        high = np.zeros((w, h), dtype=bool) if need_high else None  # transposed, as the masks below
-        self.total += len(points)
-        batch = self.params.points_per_batch
-        batches = [points[start:start + batch] for start in range(0, len(points), batch)]
-        lock = threading.Lock()
-        workers = min(self.workers, len(batches))
-        threads_each = max(1, torch.get_num_threads() // workers)
-
-        def one_batch(pts: np.ndarray) -> tuple[MaskCandidates, float, float]:
-            if workers > 1:
-                torch.set_num_threads(threads_each)  # this worker thread's intra-op threads only
-            with torch.inference_mode():
-                t0 = time.perf_counter()
-                decoded = self.decoder(self.to_input_frame(pts))
-                t1 = time.perf_counter()
-                return self.filter_masks(decoded, pts, high, lock), t1 - t0, time.perf_counter() - t1
-
-        parts = []
-        pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-        try:
-            results = pool.map(one_batch, batches) if pool is not None else map(one_batch, batches)
-            for pts, (cands, decode_s, filter_s) in zip(batches, results):
-                parts.append(cands)
-                self.timings["decode_s"] += decode_s
-                self.timings["filter_s"] += filter_s
-                self.done += len(pts)
-                if self.progress is not None:
-                    self.progress(self.done, self.total)  # may raise to cancel: queued batches are dropped
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-        return MaskCandidates.concat(parts), (None if high is None else high.T)
+    @classmethod
+    def of(cls, emb, image_size: int) -> _Geometry:
+        return cls(int(image_size), tuple(int(v) for v in emb.input_size), tuple(int(v) for v in emb.original_size))
 
     def to_input_frame(self, points: np.ndarray) -> np.ndarray:
         """(B, 2) XY original pixels → float64 XY in the model's input frame."""
-        (h, w), (ih, iw) = self.geometry.original_size, self.geometry.input_size
+        (h, w), (ih, iw) = self.original_size, self.input_size
         out = np.array(points, dtype=np.float64, copy=True)
         out[:, 0] *= iw / w
         out[:, 1] *= ih / h
         return out
 
-    # ---------------------------------------------------------------- filtering
     def upscale_transposed(self, low_res: torch.Tensor) -> np.ndarray:
         """(K, 256, 256) logits → (K, W, H) float32 logits in original pixels, transposed.
 
         Bilinear to the input frame, crop to the resized image, bilinear to the original size — done on
         the transposed logits so that the result is already in the column-major layout COCO RLE wants.
         """
-        g = self.geometry
         x = low_res.transpose(-1, -2).unsqueeze(1).float()
-        x = F.interpolate(x, (g.image_size, g.image_size), mode="bilinear", align_corners=False)
-        x = x[..., : g.input_size[1], : g.input_size[0]]
-        if tuple(g.input_size) != tuple(g.original_size):
-            x = F.interpolate(x, (g.original_size[1], g.original_size[0]), mode="bilinear", align_corners=False)
+        x = F.interpolate(x, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        x = x[..., : self.input_size[1], : self.input_size[0]]
+        if tuple(self.input_size) != tuple(self.original_size):
+            x = F.interpolate(x, (self.original_size[1], self.original_size[0]), mode="bilinear", align_corners=False)
         return x[:, 0].contiguous().cpu().numpy()
 
-    def filter_masks(self, decoded, points: np.ndarray, high: np.ndarray | None,
-                     lock: threading.Lock) -> MaskCandidates:
-        p = self.params
-        iou = decoded.iou.reshape(-1)
-        flat = np.arange(iou.shape[0])
-        if p.pred_iou_thresh > 0.0:
-            flat = flat[iou > np.float32(p.pred_iou_thresh)]
-        if flat.size == 0:
-            return MaskCandidates.empty()
-        h, w = self.geometry.original_size
-        chunk = max(1, _UPSCALE_PIXEL_BUDGET // (h * w))
-        parts = []
-        for start in range(0, flat.size, chunk):
-            idx = flat[start:start + chunk]
-            logits_t = self.upscale_transposed(decoded.low_res(idx))  # (k, W, H)
-            upper = np.count_nonzero(logits_t > MASK_THRESHOLD + p.stability_score_offset, axis=(1, 2))
-            lower = np.count_nonzero(logits_t > MASK_THRESHOLD - p.stability_score_offset, axis=(1, 2))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                stability = upper.astype(np.float32) / lower.astype(np.float32)
-            if p.stability_score_thresh > 0.0:
-                ok = stability >= np.float32(p.stability_score_thresh)
-                idx, logits_t, stability = idx[ok], logits_t[ok], stability[ok]
-                if idx.size == 0:
-                    continue
-            if high is not None:
-                confident = (logits_t > p.high_score_thresh).any(axis=0)
-                with lock:
-                    np.logical_or(high, confident, out=high)
-            masks_t = logits_t > MASK_THRESHOLD  # (k, W, H)
-            del logits_t
-            # In the transposed frame axis 1 is x and axis 2 is y.
-            boxes = rows_cols_to_boxes(masks_t.any(axis=1), masks_t.any(axis=2))
-            parts.append(MaskCandidates(
-                points=points[idx // 3],
-                predicted_iou=iou[idx].astype(np.float32),
-                stability_score=stability.astype(np.float32),
-                boxes=boxes,
-                areas=np.count_nonzero(masks_t, axis=(1, 2)).astype(np.int64),
-                rles=encode_rle_transposed(masks_t),
-            ))
-        return MaskCandidates.concat(parts)
 
-    # ----------------------------------------------------------------- records
-    def records(self, cands: MaskCandidates) -> list[dict]:
-        p = self.params
-        keep = box_nms(cands.boxes.astype(np.float64), cands.predicted_iou, p.box_nms_thresh)
-        cands = cands.take(keep)
-        if p.min_mask_region_area > 0 and len(cands):
-            cands = remove_small_regions_and_duplicates(cands, p.min_mask_region_area,
-                                                        max(p.box_nms_thresh, _CROP_NMS_THRESH))
-        xywh = box_xyxy_to_xywh(cands.boxes)
-        return [
-            {
-                "segmentation": cands.rles[i],
-                "area": int(cands.areas[i]),
-                "bbox": [int(v) for v in xywh[i]],
-                "predicted_iou": float(cands.predicted_iou[i]),
-                "point_coords": [[float(cands.points[i, 0]), float(cands.points[i, 1])]],
-                "stability_score": float(cands.stability_score[i]),
-            }
-            for i in range(len(cands))
-        ]
+class _HighConfidenceMap:
+    """Hierarchical mode's map of first-round pixels already covered with confidence: the union, over kept masks,
+    of logits > high_score_thresh in original pixels. Filled from worker threads; kept transposed like the logits."""
+
+    def __init__(self, original_size: tuple[int, int]) -> None:
+        h, w = original_size
+        self._transposed = np.zeros((w, h), dtype=bool)
+        self._lock = threading.Lock()
+
+    def add(self, confident_t: np.ndarray) -> None:
+        """(W, H) bool, transposed, from one chunk of kept masks."""
+        with self._lock:
+            np.logical_or(self._transposed, confident_t, out=self._transposed)
+
+    def mask(self) -> np.ndarray:
+        """(H, W) bool."""
+        return self._transposed.T
+
+
+# ----------------------------------------------------------------------------------------------- filtering
+def _filter_masks(decoded, points: np.ndarray, geometry: _Geometry, params: EverythingParams,
+                  high: _HighConfidenceMap | None) -> MaskCandidates:
+    """One decoded batch → the masks that pass the predicted-IoU and stability filters, as candidates.
+
+    Logits are upscaled only for masks above the IoU threshold, in chunks of at most _UPSCALE_PIXEL_BUDGET pixels.
+    """
+    iou = decoded.iou.reshape(-1)
+    flat = np.arange(iou.shape[0])
+    if params.pred_iou_thresh > 0.0:
+        flat = flat[iou > np.float32(params.pred_iou_thresh)]
+    if flat.size == 0:
+        return MaskCandidates.empty()
+    h, w = geometry.original_size
+    chunk = max(1, _UPSCALE_PIXEL_BUDGET // (h * w))
+    parts = []
+    for start in range(0, flat.size, chunk):
+        idx = flat[start:start + chunk]
+        logits_t = geometry.upscale_transposed(decoded.low_res(idx))  # (k, W, H)
+        parts.append(_stable_candidates(idx, logits_t, iou, points, params, high))
+    return MaskCandidates.concat(parts)
+
+
+def _stable_candidates(idx: np.ndarray, logits_t: np.ndarray, iou: np.ndarray, points: np.ndarray,
+                       params: EverythingParams, high: _HighConfidenceMap | None) -> MaskCandidates:
+    """Upscaled transposed logits (k, W, H) of masks `idx` (prompt · 3 + mask) → those stable enough, with their
+    boxes, areas and RLEs; their confident pixels go into `high` when given."""
+    stability = stability_score(logits_t, MASK_THRESHOLD, params.stability_score_offset)
+    if params.stability_score_thresh > 0.0:
+        ok = stability >= np.float32(params.stability_score_thresh)
+        idx, logits_t, stability = idx[ok], logits_t[ok], stability[ok]
+        if idx.size == 0:
+            return MaskCandidates.empty()
+    if high is not None:
+        high.add((logits_t > params.high_score_thresh).any(axis=0))
+    masks_t = logits_t > MASK_THRESHOLD  # (k, W, H)
+    del logits_t
+    # In the transposed frame axis 1 is x and axis 2 is y.
+    boxes = rows_cols_to_boxes(masks_t.any(axis=1), masks_t.any(axis=2))
+    return MaskCandidates(
+        points=points[idx // 3],
+        predicted_iou=iou[idx].astype(np.float32),
+        stability_score=stability.astype(np.float32),
+        boxes=boxes,
+        areas=np.count_nonzero(masks_t, axis=(1, 2)).astype(np.int64),
+        rles=encode_rle_transposed(masks_t),
+    )
+
+
+# ------------------------------------------------------------------------------------- batches and threads
+def batch_workers(decoder: PointDecoder) -> int:
+    """Worker threads that decode batches side by side: with the low-rank decoder and several intra-op threads,
+    up to MAX_BATCH_WORKERS, each with its share of the intra-op threads (its many small ops parallelise poorly
+    inside one op); one otherwise."""
+    return min(MAX_BATCH_WORKERS, torch.get_num_threads()) if splits_into_threads(decoder) else 1
+
+
+@contextmanager
+def _in_order(work: Callable, items: list, workers: int) -> Iterator[Iterator]:
+    """`work` over `items`, results in item order: in `workers` threads (one intra-op thread share each) or inline.
+
+    Leaving the block early (an exception, e.g. a progress callback that cancels) drops the queued items."""
+    workers = min(workers, len(items))
+    if workers <= 1:
+        yield map(work, items)
+        return
+    threads_each = max(1, torch.get_num_threads() // workers)
+
+    def in_worker(item):
+        torch.set_num_threads(threads_each)  # this worker thread's intra-op threads only
+        return work(item)
+
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        yield pool.map(in_worker, items)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _PromptProgress:
+    """Prompts decoded / planned over the rounds of one run, reported after every batch (the plan grows when the
+    second round is known); the callback may raise to cancel."""
+
+    def __init__(self, callback: ProgressFn | None) -> None:
+        self.callback = callback
+        self.done = 0
+        self.planned = 0
+
+    def plan(self, n: int) -> None:
+        self.planned += n
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.callback is not None:
+            self.callback(self.done, self.planned)
+
+
+@dataclass(frozen=True)
+class _Round:
+    """What every round of one run shares."""
+
+    decoder: PointDecoder
+    geometry: _Geometry
+    params: EverythingParams
+    workers: int
+    progress: _PromptProgress
+    timings: dict  # decode_s, filter_s: summed over worker threads
+
+
+def _masks_for_points(grid: np.ndarray, run: _Round, high: _HighConfidenceMap | None = None) -> MaskCandidates:
+    """Normalised points → decoded in batches of points_per_batch, filtered; with `high`, the confident pixels of
+    the kept masks are added to it."""
+    h, w = run.geometry.original_size
+    points = grid * np.array([w, h])[None, :]
+    run.progress.plan(len(points))
+    batch = run.params.points_per_batch
+    batches = [points[start:start + batch] for start in range(0, len(points), batch)]
+
+    def one_batch(pts: np.ndarray) -> tuple[MaskCandidates, float, float]:
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            decoded = run.decoder(run.geometry.to_input_frame(pts))
+            t1 = time.perf_counter()
+            return _filter_masks(decoded, pts, run.geometry, run.params, high), t1 - t0, time.perf_counter() - t1
+
+    parts = []
+    with _in_order(one_batch, batches, run.workers) as results:
+        for pts, (cands, decode_s, filter_s) in zip(batches, results):
+            parts.append(cands)
+            run.timings["decode_s"] += decode_s
+            run.timings["filter_s"] += filter_s
+            run.progress.advance(len(pts))
+    return MaskCandidates.concat(parts)
+
+
+# ------------------------------------------------------------------------------------------------- rounds
+def _dense(run: _Round) -> tuple[MaskCandidates, list[int]]:
+    """SAM's grid: points_per_side² prompts in one round."""
+    grid = cell_centre_grid(run.params.points_per_side)
+    return _masks_for_points(grid, run), [len(grid)]
+
+
+def _hierarchical(run: _Round) -> tuple[MaskCandidates, list[int]]:
+    """TinySAM's two rounds: a sparse grid, then points around it where the first round is not confident."""
+    p = run.params
+    first_grid = cell_centre_grid(p.points_per_side // 4)
+    high = _HighConfidenceMap(run.geometry.original_size)
+    first = _masks_for_points(first_grid, run, high)
+    second_grid = second_round_points(first_grid, run.geometry.original_size, p.points_per_side, high.mask())
+    logger.info("hierarchical: %d first-round prompts kept %d masks; %d second-round prompts",
+                len(first_grid), len(first), len(second_grid))
+    if not len(second_grid):
+        return first, [len(first_grid), 0]
+    second = _masks_for_points(second_grid, run)
+    return MaskCandidates.concat([second, first]), [len(first_grid), len(second_grid)]
+
+
+# ------------------------------------------------------------------------------------------------ records
+def _select(cands: MaskCandidates, params: EverythingParams) -> MaskCandidates:
+    """Box NMS on predicted IoU, then (min_mask_region_area > 0) the small-region clean-up."""
+    cands = cands.take(box_nms(cands.boxes.astype(np.float64), cands.predicted_iou, params.box_nms_thresh))
+    if params.min_mask_region_area > 0 and len(cands):
+        cands = remove_small_regions_and_duplicates(cands, params.min_mask_region_area,
+                                                    max(params.box_nms_thresh, _CROP_NMS_THRESH))
+    return cands
+
+
+def _to_records(cands: MaskCandidates) -> list[dict]:
+    xywh = box_xyxy_to_xywh(cands.boxes)
+    return [
+        {
+            "segmentation": cands.rles[i],
+            "area": int(cands.areas[i]),
+            "bbox": [int(v) for v in xywh[i]],
+            "predicted_iou": float(cands.predicted_iou[i]),
+            "point_coords": [[float(cands.points[i, 0]), float(cands.points[i, 1])]],
+            "stability_score": float(cands.stability_score[i]),
+        }
+        for i in range(len(cands))
+    ]
 
 
 def remove_small_regions_and_duplicates(cands: MaskCandidates, min_area: int, nms_thresh: float) -> MaskCandidates:
@@ -323,10 +354,6 @@ def remove_small_regions_and_duplicates(cands: MaskCandidates, min_area: int, nm
     return out.take(keep)
 
 
-def _geometry_of(emb, image_size: int) -> _Geometry:
-    return _Geometry(int(image_size), tuple(int(v) for v in emb.input_size), tuple(int(v) for v in emb.original_size))
-
-
 def run_everything(predictor, image, params: EverythingParams, progress: ProgressFn | None = None
                    ) -> EverythingResult:
     """Segment everything in `image` (anything `Predictor.embed` takes, or an `ImageEmbedding`)."""
@@ -336,27 +363,13 @@ def run_everything(predictor, image, params: EverythingParams, progress: Progres
     emb = image if isinstance(image, ImageEmbedding) else predictor.embed(image)
     t_embed = time.perf_counter()
     model = predictor.model
-    geometry = _geometry_of(emb, model.image_size)
     with torch.inference_mode():
         decoder = make_point_decoder(model, emb.features, params.decoder, context=emb.context)
-        run = _Run(decoder, geometry, params, progress)
-        if params.mode == "dense":
-            cands, _ = run.masks_for_points(cell_centre_grid(params.points_per_side), need_high=False)
-            per_round = [run.done]
-        else:
-            first_grid = cell_centre_grid(params.points_per_side // 4)
-            first, high = run.masks_for_points(first_grid, need_high=True)
-            second_grid = second_round_points(first_grid, geometry.original_size, params.points_per_side, high)
-            logger.info("hierarchical: %d first-round prompts kept %d masks; %d second-round prompts",
-                        len(first_grid), len(first), len(second_grid))
-            if len(second_grid):
-                second, _ = run.masks_for_points(second_grid, need_high=False)
-                cands = MaskCandidates.concat([second, first])
-            else:
-                cands = first
-            per_round = [len(first_grid), len(second_grid)]
+        run = _Round(decoder, _Geometry.of(emb, model.image_size), params, batch_workers(decoder),
+                     _PromptProgress(progress), {"decode_s": 0.0, "filter_s": 0.0})
+        cands, per_round = _dense(run) if params.mode == "dense" else _hierarchical(run)
         t_nms = time.perf_counter()
-        records = run.records(cands)
+        records = _to_records(_select(cands, params))
     t_end = time.perf_counter()
     timings = dict(run.timings, embed_s=t_embed - t_start, records_s=t_end - t_nms, total_s=t_end - t_start,
                    decoder=decoder.name)
@@ -365,24 +378,17 @@ def run_everything(predictor, image, params: EverythingParams, progress: Progres
     return EverythingResult(records, per_round, len(cands), timings)
 
 
-def segment_everything(predictor, image, *, mode: str = "hierarchical", points_per_side: int = 32,
-                       pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
-                       high_score_thresh: float = 8.5, box_nms_thresh: float = 0.7, min_mask_region_area: int = 0,
-                       points_per_batch: int = 16, stability_score_offset: float = 1.0, decoder: str = "auto",
-                       progress: ProgressFn | None = None) -> list[dict]:
+def segment_everything(predictor, image, *, progress: ProgressFn | None = None, **params) -> list[dict]:
     """Masks of everything in an image, one record per mask.
 
     predictor: a `Predictor`; image: anything `Predictor.embed` accepts, or an `ImageEmbedding` already
-    computed (not encoded again). mode: "hierarchical" (TinySAM) or "dense" (SAM's grid). progress: called as
-    progress(prompts_done, prompts_planned) after every batch (the plan grows when the second round is known).
+    computed (not encoded again). params: fields of `EverythingParams` by name (mode "hierarchical" (TinySAM) or
+    "dense" (SAM's grid), points_per_side, pred_iou_thresh, …); the others keep its defaults, unknown names or
+    values out of range raise ValueError. progress: called as progress(prompts_done, prompts_planned) after every
+    batch (the plan grows when the second round is known).
 
     Returns records sorted by predicted IoU (highest first): `segmentation` COCO RLE {"size": [H, W],
     "counts": str}, `bbox` [x, y, w, h], `area` (pixels), `predicted_iou`, `stability_score`, `point_coords`
     [[x, y]] (original pixels).
     """
-    params = EverythingParams(mode=mode, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
-                              stability_score_thresh=stability_score_thresh,
-                              stability_score_offset=stability_score_offset, high_score_thresh=high_score_thresh,
-                              box_nms_thresh=box_nms_thresh, min_mask_region_area=min_mask_region_area,
-                              points_per_batch=points_per_batch, decoder=decoder)
-    return run_everything(predictor, image, params, progress).records
+    return run_everything(predictor, image, EverythingParams.from_overrides(**params), progress).records

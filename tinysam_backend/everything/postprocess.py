@@ -1,34 +1,19 @@
-"""Mask post-processing of segment-everything: stability score, boxes, box NMS, COCO RLE, small regions.
+"""Mask post-processing of segment-everything: boxes, box NMS, small regions.
 
 Pure numpy functions on masks in original image pixels. The arithmetic follows the official
-implementation (SAM's automatic mask generator, which TinySAM reuses):
+implementation (SAM's automatic mask generator, which TinySAM reuses); the stability score and COCO RLE,
+which other parts share, are in `tinysam_backend.masks`.
 
-- stability score: |logits > t + offset| / |logits > t - offset| in float32 (NaN when nothing is above
-  t - offset), with t the mask threshold 0;
 - boxes: XYXY with inclusive pixel indices of the first and last row/column of the mask, [0, 0, 0, 0] for
   an empty mask; the record's XYWH box is [x0, y0, x1 - x0, y1 - y0];
 - NMS: greedy over descending score, box IoU = inter / (area_a + area_b - inter) with area = (x1 - x0) * (y1 - y0)
-  (no +1), a box is suppressed when its IoU with a kept box is > the threshold (so 1.0 suppresses nothing).
+  (no +1), a box is suppressed when its IoU with a kept box is > the threshold (so 1.0 suppresses nothing; a pair
+  of zero-area boxes has IoU NaN and never suppresses).
 """
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-
-MASK_THRESHOLD = 0.0
-
-
-def stability_score(logits: np.ndarray, mask_threshold: float = MASK_THRESHOLD, offset: float = 1.0) -> np.ndarray:
-    """(K, H, W) float logits → (K,) float32 stability scores (IoU of the masks at threshold ± offset)."""
-    logits = np.asarray(logits)
-    if logits.ndim != 3:
-        raise ValueError(f"logits must be (K, H, W), got shape {logits.shape}")
-    high = np.count_nonzero(logits > mask_threshold + offset, axis=(1, 2)).astype(np.float32)
-    low = np.count_nonzero(logits > mask_threshold - offset, axis=(1, 2)).astype(np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return high / low
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
@@ -60,18 +45,6 @@ def box_xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     out[:, 2] = boxes[:, 2] - boxes[:, 0]
     out[:, 3] = boxes[:, 3] - boxes[:, 1]
     return out
-
-
-def box_iou_matrix(boxes: np.ndarray) -> np.ndarray:
-    """(K, 4) XYXY → (K, K) float64 IoU; pairs of zero-area boxes give NaN (never above a threshold)."""
-    b = np.asarray(boxes, dtype=np.float64)
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    lt = np.maximum(b[:, None, :2], b[None, :, :2])
-    rb = np.minimum(b[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0.0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return inter / (area[:, None] + area[None, :] - inter)
 
 
 def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, chunk: int = 2048) -> np.ndarray:
@@ -109,48 +82,6 @@ def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, chunk: 
             keep.append(i)
             suppressed[start:] |= over[i - start]
     return order[np.asarray(keep, dtype=np.int64)]
-
-
-def encode_rle(masks: np.ndarray) -> list[dict]:
-    """(K, H, W) bool → COCO compressed RLE dicts {"size": [H, W], "counts": str} (pycocotools)."""
-    from pycocotools import mask as mask_utils
-
-    masks = np.asarray(masks, dtype=bool)
-    if masks.ndim != 3:
-        raise ValueError(f"masks must be (K, H, W), got shape {masks.shape}")
-    if masks.shape[0] == 0:
-        return []
-    # pycocotools wants (H, W, K) in Fortran order: that is the memory of a C-ordered (K, W, H) array.
-    fortran = np.ascontiguousarray(masks.transpose(0, 2, 1)).view(np.uint8).transpose(2, 1, 0)
-    return [rle_to_json(r) for r in mask_utils.encode(fortran)]
-
-
-def encode_rle_transposed(masks_t: np.ndarray) -> list[dict]:
-    """Like `encode_rle` for masks given transposed, (K, W, H) C-ordered bool (no copy needed)."""
-    from pycocotools import mask as mask_utils
-
-    masks_t = np.ascontiguousarray(masks_t, dtype=bool)
-    if masks_t.shape[0] == 0:
-        return []
-    return [rle_to_json(r) for r in mask_utils.encode(masks_t.view(np.uint8).transpose(2, 1, 0))]
-
-
-def rle_to_json(rle: dict) -> dict:
-    """pycocotools RLE (counts as bytes) → JSON-ready dict (counts as str, size as [H, W] ints)."""
-    counts = rle["counts"]
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])],
-            "counts": counts.decode("ascii") if isinstance(counts, bytes) else str(counts)}
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    """COCO RLE dict (counts str or bytes) → (H, W) bool."""
-    from pycocotools import mask as mask_utils
-
-    counts = rle["counts"]
-    obj = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword deprecation notice
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode([obj])[:, :, 0].astype(bool)
 
 
 def remove_small_regions(mask: np.ndarray, area_thresh: int, mode: str) -> tuple[np.ndarray, bool]:

@@ -55,9 +55,10 @@ def iter_auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hier
     """Generator form of `auto_mask`: yields (samples_done, samples_to_do) after each sample; returns the summary.
 
     within(fraction) is called while one image is segmented (its prompts done / planned)."""
+    from ..config import DEFAULT_MAX_IMAGE_PIXELS
     from ..errors import ImageError
     from ..everything import segment_everything
-    from ..image_io import DEFAULT_MAX_PIXELS, load_image
+    from ..image_io import load_image
 
     check_collection(view)
     check_output_field(view, label_field)
@@ -88,7 +89,7 @@ def iter_auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hier
 
     for i, (sample_id, filepath) in enumerate(zip(ids, paths)):
         try:
-            image = load_image(filepath, getattr(pred, "max_image_pixels", DEFAULT_MAX_PIXELS))
+            image = load_image(filepath, getattr(pred, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
         except ImageError as e:  # left unset: reported, and retried by the next run
             logger.warning("auto_mask: sample %s (%s) skipped: %s", sample_id, filepath, e)
             summary["failed"].append(sample_id)

@@ -52,8 +52,9 @@ def iter_mask_from_boxes(view, prompt_field: str, label_field: str, *, checkpoin
     """Generator form of `mask_from_boxes`: yields (samples_done, samples_to_do); returns the summary."""
     import fiftyone as fo
 
+    from ..config import DEFAULT_MAX_IMAGE_PIXELS
     from ..errors import ImageError
-    from ..image_io import DEFAULT_MAX_PIXELS, load_image
+    from ..image_io import load_image
 
     check_collection(view)
     kind = check_prompt_field(view, prompt_field)
@@ -80,7 +81,7 @@ def iter_mask_from_boxes(view, prompt_field: str, label_field: str, *, checkpoin
         dets = []
         if prompts:
             try:
-                image = load_image(filepath, getattr(pred, "max_image_pixels", DEFAULT_MAX_PIXELS))
+                image = load_image(filepath, getattr(pred, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
             except ImageError as e:  # left unset: reported, and retried by the next run
                 logger.warning("mask_from_boxes: sample %s (%s) skipped: %s", sample_id, filepath, e)
                 summary["failed"].append(sample_id)
