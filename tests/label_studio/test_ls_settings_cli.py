@@ -25,6 +25,9 @@ def test_settings_from_env():
     assert s.allowed_hosts == ("images.example.com", "*.cdn.net")
     assert s.basic_auth == ("u", "p") and s.batch_enabled is False and s.cache_bytes == 1024
     assert s.everything_params() == {"pred_iou_thresh": 0.5}
+    every = LabelStudioSettings.from_env({"TINYSAM_LS_BATCH_MODE": " Dense ", "TINYSAM_LS_BATCH_POINTS_PER_SIDE": "2",
+                                          "TINYSAM_LS_BATCH_MIN_MASK_REGION_AREA": "20"})
+    assert every.everything_params() == {"mode": "dense", "points_per_side": 2, "min_mask_region_area": 20}
     assert LabelStudioSettings.from_env({}) == LabelStudioSettings()
 
 
@@ -36,6 +39,10 @@ def test_settings_from_env():
     ({"TINYSAM_LS_MAX_BODY_BYTES": "10"}, ">= 1024"),
     ({"TINYSAM_LS_BATCH_ENABLED": "maybe"}, "true or false"),
     ({"TINYSAM_LS_BATCH_MIN_AREA": "1.5"}, "fraction"),
+    ({"TINYSAM_LS_BATCH_POINTS_PER_SIDE": "lots"}, "TINYSAM_LS_BATCH_POINTS_PER_SIDE: points_per_side must be an integer"),
+    ({"TINYSAM_LS_BATCH_PRED_IOU_THRESH": "5"}, r"TINYSAM_LS_BATCH_PRED_IOU_THRESH\): pred_iou_thresh must be in"),
+    ({"TINYSAM_LS_BATCH_POINTS_PER_SIDE": "2"}, "points_per_side must be an integer >= 4 in hierarchical mode"),
+    ({"TINYSAM_LS_BATCH_MODE": "grid"}, "mode must be one of"),
 ])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(SettingsError, match=message):

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import PromptError
-from ..predictor import MASK_THRESHOLD, ImageEmbedding, Predictor
-from ..transforms import upscale_logits
+from ..predictor import ImageEmbedding, Predictor
 from .brush_rle import mask_to_brush_rle
 from .cache import SingleFlightCache
 from .images import ImageFetcher, ImageLocation
@@ -37,7 +36,7 @@ from .protocol import (
     resize_mask_nearest,
     task_image_reference,
 )
-from .settings import LabelStudioSettings, SettingsError
+from .settings import LabelStudioSettings
 
 logger = logging.getLogger(__name__)
 
@@ -116,13 +115,6 @@ class SegmentationBackend:
             store = LabelStudioPredictions(settings.label_studio_url, settings.label_studio_api_key,
                                            settings.fetch_timeout)
             self.background = BackgroundPreAnnotator(self.pre_annotate_job, store, settings.preannotate_queue)
-        if settings.batch_enabled:  # a bad TINYSAM_LS_BATCH_* value fails at start-up, not on the first batch
-            from ..everything import EverythingParams
-
-            try:
-                EverythingParams(mode="hierarchical", **settings.everything_params())
-            except ValueError as e:
-                raise SettingsError(f"TINYSAM_LS_BATCH_* settings: {e}") from e
 
     # ---------------------------------------------------------------------------------------------- requests
     def predict(self, request: PredictRequest) -> dict:
@@ -178,16 +170,12 @@ class SegmentationBackend:
         mask_input = None
         if previous is not None:
             mask_input = self.refine_logits.get((str(task_key), image_key, previous))
-        # The low-res logits of the best of the three masks, upscaled to the image (what `predict` gives for it).
-        _, scores, low_res = self.predictor.predict_batch(
+        masks, scores, low_res = self.predictor.predict_best(
             emb, None if coords is None else coords[None], None if labels is None else labels[None],
-            None if box is None else box[None], None if mask_input is None else mask_input[None], return_masks=False,
-            best_only=True)
-        mask = upscale_logits(torch.from_numpy(low_res), self.predictor.image_size, emb.input_size,
-                              emb.original_size)[0, 0]
+            None if box is None else box[None], None if mask_input is None else mask_input[None, None])
         # A copy: the cache holds (and counts) exactly these 256 KiB, not a view keeping a larger batch alive.
         self.refine_logits.put((str(task_key), image_key, prompt.history), low_res[0].copy())
-        return (mask > MASK_THRESHOLD).numpy(), float(scores[0].max())
+        return masks[0], float(scores[0])
 
     def _queue_pre_annotation(self, tasks: list[dict], config: LabelConfig) -> dict:
         """Background mode: queue the tasks, answer at once with no prediction (Label Studio then stores none and
@@ -233,14 +221,12 @@ class SegmentationBackend:
 
     def _everything_regions(self, location: ImageLocation, brush, to_name: str, label: str | None,
                             progress=None) -> list[dict]:
-        from pycocotools import mask as mask_utils
-
         from ..everything import segment_everything
+        from ..masks import decode_rle
 
         start = time.perf_counter()
         emb = self.embedding(location)
-        records = segment_everything(self.predictor, emb, mode="hierarchical", progress=progress,
-                                     **self.settings.everything_params())
+        records = segment_everything(self.predictor, emb, progress=progress, **self.settings.everything_params())
         h, w = emb.original_size
         min_area = self.settings.batch_min_area * h * w
         kept = [r for r in records if r["area"] >= min_area]
@@ -248,8 +234,7 @@ class SegmentationBackend:
         kept = kept[: self.settings.batch_max_regions]
         regions = []
         for i, record in enumerate(kept):
-            mask = mask_utils.decode(record["segmentation"]).astype(bool)
-            regions.append(brush_region(mask, brush, to_name, label, float(record["predicted_iou"]),
+            regions.append(brush_region(decode_rle(record["segmentation"]), brush, to_name, label, float(record["predicted_iou"]),
                                         region_id=f"tinysam-{i}"))
         logger.info("everything mode on %s: %d masks, %d kept, %.2f s", location.identity, len(records),
                     len(regions), time.perf_counter() - start)
@@ -274,13 +259,10 @@ class SegmentationBackend:
             emb = self.predictor.embed(image)
             encoded = time.perf_counter()
             point, label = np.array([[[320.0, 240.0]]]), np.array([[1]])
-            _, _, low_res = self.predictor.predict_batch(emb, point, label, return_masks=False, best_only=True)
-            _, _, low_res = self.predictor.predict_batch(
-                emb, point, label, np.array([[160.0, 120.0, 480.0, 360.0]]), low_res[:, :1], return_masks=False,
-                best_only=True)
-            mask = upscale_logits(torch.from_numpy(low_res), self.predictor.image_size, emb.input_size,
-                                  emb.original_size)[0, 0] > MASK_THRESHOLD
-            mask_to_brush_rle(mask.numpy())
+            _, _, low_res = self.predictor.predict_best(emb, point, label)
+            masks, _, _ = self.predictor.predict_best(emb, point, label, np.array([[160.0, 120.0, 480.0, 360.0]]),
+                                                      low_res[:, None])
+            mask_to_brush_rle(masks[0])
         self.warm_up_stats = {"done": True, "encodes": 1, "decodes": 2,
                               "encode_seconds": round(encoded - start, 3),
                               "seconds": round(time.perf_counter() - start, 3)}

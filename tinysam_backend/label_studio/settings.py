@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TinySAMError
+from ..everything import EverythingParams
 from .protocol import DEFAULT_MAX_POINTS
 
 PREANNOTATE_MODES = ("background", "sync", "off")
+# `TINYSAM_LS_BATCH_<NAME>` sets segment-everything's parameter <name> (e.g. TINYSAM_LS_BATCH_POINTS_PER_SIDE).
+EVERYTHING_ENV_PREFIX = "TINYSAM_LS_BATCH_"
 
 
 class SettingsError(TinySAMError, ValueError):
@@ -48,14 +51,6 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     return value
 
 
-def _optional_int(env: Mapping[str, str], name: str) -> int | None:
-    return _int(env, name, 0, minimum=1) if env.get(name, "").strip() else None
-
-
-def _optional_float(env: Mapping[str, str], name: str, minimum: float = 0.0) -> float | None:
-    return _float(env, name, 0.0, minimum=minimum) if env.get(name, "").strip() else None
-
-
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if raw == "":
@@ -65,6 +60,21 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _everything(env: Mapping[str, str]) -> tuple[tuple[str, int | float | str], ...]:
+    """The segment-everything parameters set as `TINYSAM_LS_BATCH_<NAME>`, parsed by the field's kind (the ranges are
+    checked by `EverythingParams` when the settings are built)."""
+    found = []
+    for p in EverythingParams.parameters():
+        name = EVERYTHING_ENV_PREFIX + p.name.upper()
+        raw = env.get(name, "")
+        if raw.strip():
+            try:
+                found.append((p.name, p.parse(raw)))
+            except ValueError as e:
+                raise SettingsError(f"{name}: {e}") from None
+    return tuple(found)
 
 
 def _hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -100,9 +110,9 @@ class LabelStudioSettings:
     batch_tasks_per_request: `TINYSAM_LS_BATCH_TASKS_PER_REQUEST`, above this many tasks in one `/predict` the
         backend answers the first task only, so that Label Studio asks again one task per request (each with its
         own 100 s timeout) instead of timing out on the whole batch.
-    batch_points_per_side, batch_pred_iou_thresh, batch_stability_score_thresh, batch_high_score_thresh,
-        batch_box_nms_thresh: `TINYSAM_LS_BATCH_POINTS_PER_SIDE` … `TINYSAM_LS_BATCH_BOX_NMS_THRESH`, the parameters of
-        `segment_everything` under the same names (unset: its defaults).
+    batch_everything: `TINYSAM_LS_BATCH_<NAME>` for every field of `everything.EverythingParams`
+        (`TINYSAM_LS_BATCH_POINTS_PER_SIDE`, `…_PRED_IOU_THRESH`, `…_MODE` …), the parameters of pre-annotation's
+        `segment_everything` under the same names, as (name, value) pairs of those set (unset: its defaults).
     model_version: `TINYSAM_LS_MODEL_VERSION`, the version string reported to Label Studio (default from the
         checkpoint's file name).
     preannotate: `TINYSAM_LS_PREANNOTATE`, how a `/predict` without context (opening a task, "Retrieve
@@ -132,11 +142,7 @@ class LabelStudioSettings:
     batch_max_regions: int = 50
     batch_min_area: float = 0.0005
     batch_tasks_per_request: int = 1
-    batch_points_per_side: int | None = None
-    batch_pred_iou_thresh: float | None = None
-    batch_stability_score_thresh: float | None = None
-    batch_high_score_thresh: float | None = None
-    batch_box_nms_thresh: float | None = None
+    batch_everything: tuple[tuple[str, int | float | str], ...] = ()
     model_version: str | None = None
     preannotate: str = "sync"
     preannotate_queue: int = 10000
@@ -156,6 +162,11 @@ class LabelStudioSettings:
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
         if not 0.0 <= self.batch_min_area < 1.0:
             raise SettingsError(f"TINYSAM_LS_BATCH_MIN_AREA must be a fraction in [0, 1), got {self.batch_min_area}")
+        try:  # a bad TINYSAM_LS_BATCH_<NAME> fails at start-up, by EverythingParams' own checks
+            EverythingParams.from_overrides(**self.everything_params())
+        except ValueError as e:
+            names = ", ".join(EVERYTHING_ENV_PREFIX + name.upper() for name, _ in self.batch_everything)
+            raise SettingsError(f"{EVERYTHING_ENV_PREFIX}* settings ({names}): {e}") from None
         if self.preannotate not in PREANNOTATE_MODES:
             raise SettingsError(f"TINYSAM_LS_PREANNOTATE must be one of {', '.join(PREANNOTATE_MODES)}, "
                                 f"got {self.preannotate!r}")
@@ -172,10 +183,7 @@ class LabelStudioSettings:
 
     def everything_params(self) -> dict:
         """Keyword arguments for `segment_everything` that were set (the others keep its defaults)."""
-        params = {"points_per_side": self.batch_points_per_side, "pred_iou_thresh": self.batch_pred_iou_thresh,
-                  "stability_score_thresh": self.batch_stability_score_thresh,
-                  "high_score_thresh": self.batch_high_score_thresh, "box_nms_thresh": self.batch_box_nms_thresh}
-        return {k: v for k, v in params.items() if v is not None}
+        return dict(self.batch_everything)
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
@@ -212,11 +220,7 @@ class LabelStudioSettings:
             batch_min_area=_float(env, "TINYSAM_LS_BATCH_MIN_AREA", cls.batch_min_area),
             batch_tasks_per_request=_int(env, "TINYSAM_LS_BATCH_TASKS_PER_REQUEST", cls.batch_tasks_per_request,
                                          minimum=1),
-            batch_points_per_side=_optional_int(env, "TINYSAM_LS_BATCH_POINTS_PER_SIDE"),
-            batch_pred_iou_thresh=_optional_float(env, "TINYSAM_LS_BATCH_PRED_IOU_THRESH"),
-            batch_stability_score_thresh=_optional_float(env, "TINYSAM_LS_BATCH_STABILITY_SCORE_THRESH"),
-            batch_high_score_thresh=_optional_float(env, "TINYSAM_LS_BATCH_HIGH_SCORE_THRESH", minimum=-1e9),
-            batch_box_nms_thresh=_optional_float(env, "TINYSAM_LS_BATCH_BOX_NMS_THRESH"),
+            batch_everything=_everything(env),
             model_version=(env.get("TINYSAM_LS_MODEL_VERSION") or "").strip() or None,
             preannotate=preannotate,
             preannotate_queue=_int(env, "TINYSAM_LS_PREANNOTATE_QUEUE", cls.preannotate_queue, minimum=1),
