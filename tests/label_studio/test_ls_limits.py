@@ -114,6 +114,24 @@ def test_health_names_the_failure_without_paths(tmp_path):
     assert "secret-layout" not in r.get_data(as_text=True)
 
 
+def test_health_says_which_engine_runs_without_paths(tmp_path, parity_checkpoint):
+    """Issue 13: `/health` names the device/engine/precision `load_model` chose and why; the cached graph's path stays
+    out (the endpoint is open without credentials)."""
+    cache = tmp_path / "srv secret-layout" / "cache"
+    settings = Settings(checkpoint=str(parity_checkpoint), cache_dir=cache, engine="onnxruntime", precision="fp32")
+    app = create_app(settings, LabelStudioSettings(basic_auth_user="u", basic_auth_pass="p"))
+    slot = app.extensions["tinysam"]
+    slot.start_loading()
+    assert slot.wait(300), slot.error
+    r = app.test_client().get("/health")
+    assert r.status_code == 200
+    engine = r.get_json()["engine"]
+    assert (engine["device"], engine["engine"], engine["precision"]) == ("cpu", "onnxruntime", "fp32")
+    assert engine["reason"] and isinstance(engine["cpu_flags"], list)
+    assert any(cache.glob("engines/*")), "the engine's graph was built into the cache"
+    assert "graph" not in engine and "secret-layout" not in r.get_data(as_text=True)
+
+
 # ------------------------------------------------------------------------------- item 9: the caches' own accounts
 def _storage_bytes(obj, seen: dict, depth: int = 0) -> None:
     """Bytes of every distinct tensor storage / array reachable from obj (independent of any `nbytes` property)."""
