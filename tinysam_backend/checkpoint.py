@@ -109,8 +109,12 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: Mapping[str, tor
 
 
 def resolve_checkpoint(checkpoint: str | Path | None, settings: Settings | None = None) -> Path:
-    """A path, a manifest name found in the cache, or the configured default → an existing path."""
-    settings = settings or Settings.from_env()
+    """A path, a manifest name found in `settings.cache_dir`, or `settings.checkpoint` when None → an existing path.
+
+    settings: the process's configuration (`Settings.from_env()` at start-up); None is `Settings()`, the built-in
+    defaults (no default checkpoint). This module never reads the environment itself.
+    """
+    settings = settings or Settings()
     if checkpoint is None:
         checkpoint = settings.checkpoint
     if checkpoint is None:
@@ -135,10 +139,11 @@ def load_model(checkpoint: str | Path | None = None, variant: str | None = None,
     """Build the model for a checkpoint, on the engine that runs it fastest here (or the one asked for); eval mode.
 
     checkpoint: a state dict file (.pth/.pt/.safetensors) in the official layout, a quantized artifact
-    directory, or None for the configured default. variant: `vit_t`/`vit_b`/`vit_l`/`vit_h`; detected from the
+    directory, or None for `settings.checkpoint`. variant: `vit_t`/`vit_b`/`vit_l`/`vit_h`; detected from the
     keys when None. device: "auto", "cpu", "cuda" or "cuda:N"; engine: "auto", "torch", "openvino" or
     "onnxruntime"; precision: "auto", "fp32", "bf16", "fp16" or "int8" (of the image encoder; the prompt side is
-    fp32). None takes `settings` (`TINYSAM_DEVICE`, `TINYSAM_ENGINE`, `TINYSAM_PRECISION`, default "auto"); what
+    fp32). None takes `settings` (`TINYSAM_DEVICE`, `TINYSAM_ENGINE`, `TINYSAM_PRECISION` when the caller passes
+    `Settings.from_env()`; `Settings()`, the default, is "auto" with no default checkpoint); what
     "auto" picks and why is in `tinysam_backend.engines.selection`. A combination this host cannot run raises
     `EngineError` (nothing falls back silently).
 
@@ -147,7 +152,7 @@ def load_model(checkpoint: str | Path | None = None, variant: str | None = None,
     """
     from .engines import HostFacts, build_model, choose
 
-    settings = settings or Settings.from_env()
+    settings = settings or Settings()
     path = resolve_checkpoint(checkpoint, settings)
     artifact_precision = None
     engine = engine or settings.engine

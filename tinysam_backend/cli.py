@@ -1,10 +1,10 @@
-"""`tinysam` command line. Subcommands of other parts register through `register_cli(subparsers)`."""
+"""`tinysam` command line. Subcommands of other parts register through `register_cli(subparsers)`; every
+subcommand's function is `func(args, settings) -> int`, with the `Settings` read once here."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import logging
 import sys
@@ -152,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(settings.torch_threads)
     try:
-        # Subcommands take (args) or (args, settings).
-        nparams = len(inspect.signature(args.func).parameters)
-        return int((args.func(args, settings) if nparams >= 2 else args.func(args)) or 0)
+        return int(args.func(args, settings) or 0)
     except TinySAMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

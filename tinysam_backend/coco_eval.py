@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import Settings
 from .errors import TinySAMError
-from .masks import DEFAULT_PROMPTS_PER_BATCH as DEFAULT_BOXES_PER_BATCH
+from .masks import DEFAULT_PROMPTS_PER_BATCH
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
 
 
 def segment_detections(predictor, image, detections: Sequence[dict], *,
-                       boxes_per_batch: int = DEFAULT_BOXES_PER_BATCH) -> list[dict]:
+                       boxes_per_batch: int = DEFAULT_PROMPTS_PER_BATCH) -> list[dict]:
     """Box prompts of one image → COCO results with `segmentation` (compressed RLE, counts str).
 
     Each result keeps the detection's image_id, category_id and score, and adds `predicted_iou` (the best of
@@ -101,13 +102,15 @@ def mask_ap(coco_gt, results: list[dict], image_ids: Sequence[int] | None = None
 
 
 def evaluate_coco(images_dir, annotations, boxes, *, checkpoint=None, predictor=None, max_images: int | None = None,
-                  min_score: float = 0.0, boxes_per_batch: int = DEFAULT_BOXES_PER_BATCH,
-                  results_out=None, show_progress: bool = True) -> dict:
+                  min_score: float = 0.0, boxes_per_batch: int = DEFAULT_PROMPTS_PER_BATCH,
+                  results_out=None, show_progress: bool = True, settings: Settings | None = None) -> dict:
     """Run the protocol over a COCO-format set: returns {"stats": {...}, "images": n, "detections": n}.
 
     images_dir holds the images named by the annotations' `file_name`; annotations: instances JSON path;
     boxes: COCO results JSON (path or list). max_images: evaluate only the first n images (by id) that have
-    ground truth. results_out: also write the mask results (COCO results JSON) there.
+    ground truth. results_out: also write the mask results (COCO results JSON) there. Without `predictor`, the
+    model is loaded from `checkpoint` with `settings` (None: `Settings()`; a checkpoint of None is
+    `settings.checkpoint`).
     """
     from pycocotools.coco import COCO
     from tqdm import tqdm
@@ -131,7 +134,8 @@ def evaluate_coco(images_dir, annotations, boxes, *, checkpoint=None, predictor=
         from .checkpoint import load_model
         from .predictor import Predictor
 
-        predictor = Predictor(load_model(checkpoint))
+        settings = settings or Settings()
+        predictor = Predictor(load_model(checkpoint, settings=settings), settings.max_image_pixels)
     results: list[dict] = []
     n_dets = 0
     for image_id in tqdm(image_ids, desc="eval-coco", unit="img", disable=not show_progress):
@@ -152,10 +156,10 @@ def evaluate_coco(images_dir, annotations, boxes, *, checkpoint=None, predictor=
     return {"stats": stats, "images": len(image_ids), "detections": n_dets}
 
 
-def cmd_eval_coco(args: argparse.Namespace) -> int:
+def cmd_eval_coco(args: argparse.Namespace, settings: Settings) -> int:
     out = evaluate_coco(args.images, args.annotations, args.boxes, checkpoint=args.checkpoint,
                         max_images=args.max_images, min_score=args.min_score, boxes_per_batch=args.boxes_per_batch,
-                        results_out=args.results_out)
+                        results_out=args.results_out, settings=settings)
     for name, value in out["stats"].items():
         print(f"{name:6s} {value:.4f}")
     print(f"images {out['images']}  detections {out['detections']}")
@@ -174,7 +178,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--checkpoint", help="state dict or quantized dir (default: TINYSAM_CHECKPOINT)")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images (by id)")
     p.add_argument("--min-score", type=float, default=0.0, help="drop detections scored below this")
-    p.add_argument("--boxes-per-batch", type=int, default=DEFAULT_BOXES_PER_BATCH, help="box prompts decoded at once")
+    p.add_argument("--boxes-per-batch", type=int, default=DEFAULT_PROMPTS_PER_BATCH, help="box prompts decoded at once")
     p.add_argument("--results-out", help="write the mask results (COCO results JSON) here")
     p.add_argument("--json", help="write the stats as JSON here")
     p.set_defaults(func=cmd_eval_coco)

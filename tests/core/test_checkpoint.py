@@ -83,6 +83,16 @@ def test_configured_default_is_used(parity_checkpoint, tmp_path):
     assert model.variant == "vit_t"
 
 
+def test_the_environment_enters_only_through_settings(parity_checkpoint, monkeypatch):
+    """The loader takes its configuration as an argument: TINYSAM_CHECKPOINT counts once read by `from_env`."""
+    from tinysam_backend.checkpoint import resolve_checkpoint
+
+    monkeypatch.setenv("TINYSAM_CHECKPOINT", str(parity_checkpoint))
+    with pytest.raises(MissingCheckpointError):
+        resolve_checkpoint(None)
+    assert resolve_checkpoint(None, Settings.from_env()) == parity_checkpoint
+
+
 @pytest.mark.parametrize("content", [bytes(range(256)) * 16, b"hello, not a checkpoint at all\n", b""],
                          ids=["random-bytes", "text", "empty"])
 def test_not_a_checkpoint_is_named_as_such(tmp_path, content):

@@ -45,13 +45,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, settings: Settings | None = None):
+    from ..checkpoint import resolve_checkpoint
     from .trainer import DistillConfig, LossWeights
 
     settings = settings or Settings()
     opt = (lambda v: Path(v) if v else None)
+    # Checkpoint names are found here, in the configured cache (`tinysam weights fetch`), not by the trainer.
     return DistillConfig(
-        images=Path(args.images), out=Path(args.out), teacher=Path(args.teacher),
-        student_init=None if args.student_init == "scratch" else Path(args.student_init),
+        images=Path(args.images), out=Path(args.out), teacher=resolve_checkpoint(args.teacher, settings),
+        student_init=None if args.student_init == "scratch" else resolve_checkpoint(args.student_init, settings),
         annotations=opt(args.annotations), teacher_variant=args.teacher_variant,
         student_variant=args.student_variant, steps=args.steps, batch_images=args.batch_images,
         prompts_per_image=args.prompts_per_image, max_rounds=args.max_rounds,

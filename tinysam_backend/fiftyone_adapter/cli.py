@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import Settings
 from .preview import preview_sample
 
 
-def cmd_fo_preview(args: argparse.Namespace) -> int:
+def cmd_fo_preview(args: argparse.Namespace, settings: Settings) -> int:
     import fiftyone as fo
 
     dataset = fo.load_dataset(args.dataset)
@@ -21,7 +22,7 @@ def cmd_fo_preview(args: argparse.Namespace) -> int:
         sample = dataset.skip(args.index).first()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    preview_sample(sample, args.pred, args.gt).save(out)
+    preview_sample(sample, args.pred, args.gt, max_image_pixels=settings.max_image_pixels).save(out)
     print(out)
     return 0
 

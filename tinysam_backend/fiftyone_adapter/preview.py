@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..config import DEFAULT_MAX_IMAGE_PIXELS
 from .conversions import detection_to_mask
 
 
@@ -35,11 +36,12 @@ def render_preview(image: np.ndarray, pred_masks: Sequence[np.ndarray], gt_masks
     return canvas
 
 
-def preview_sample(sample, pred_field: str, gt_field: str | None = None):
+def preview_sample(sample, pred_field: str, gt_field: str | None = None,
+                   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
     """A FiftyOne sample → `render_preview` of its `pred_field` masks and (optionally) `gt_field` masks."""
     from ..image_io import load_image
 
-    image = load_image(sample.filepath)
+    image = load_image(sample.filepath, max_image_pixels)
     size = image.shape[:2]
 
     def masks_of(field):

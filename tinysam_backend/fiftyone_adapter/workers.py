@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..config import Settings
+
 logger = logging.getLogger(__name__)
 
 
@@ -74,7 +76,8 @@ def stop_workers(procs: list[subprocess.Popen], timeout: float = 20.0) -> None:
             p.wait()
 
 
-def cmd_fo_workers(args: argparse.Namespace) -> int:
+def cmd_fo_workers(args: argparse.Namespace, settings: Settings) -> int:
+    """`tinysam fo-workers`: the workers read their own settings (FiftyOne starts them), `settings` is unused."""
     procs = launch_workers(args.workers, threads_per_worker=args.threads_per_worker)
     print(f"{len(procs)} delegated workers running (pids {[p.pid for p in procs]}); Ctrl-C stops them")
     try:
