@@ -22,6 +22,7 @@ from fiftyone.operators import types
 from fiftyone.operators.executor import ExecutionOptions
 
 from tinysam_backend import fiftyone_adapter
+from tinysam_backend.everything import EverythingParams
 from tinysam_backend.fiftyone_adapter import common
 
 logger = logging.getLogger(__name__)
@@ -33,16 +34,20 @@ PROGRESS_EVENTS_PER_SECOND = 2.0
 # Delegated runs record progress inside a large image at most this often (one database write each).
 DELEGATED_PROGRESS_SECONDS = 2.0
 
-# segment_everything's form: name, type and description; the defaults are the library's.
-EVERYTHING_FORM = (
-    ("points_per_side", int, "Points per side of the grid (hierarchical: first round uses a quarter)"),
-    ("pred_iou_thresh", float, "Keep masks whose predicted IoU is above this (≤ 1; 0 or less: no filter)"),
-    ("stability_score_thresh", float, "Keep masks whose stability score is at least this (≤ 1)"),
-    ("high_score_thresh", float, "Logit above which a first-round pixel needs no second-round point"),
-    ("box_nms_thresh", float, "Box IoU above which the lower-scored mask is dropped (1.0: keep all)"),
-    ("min_mask_region_area", int, "Fill holes / drop islands smaller than this many pixels (0: off)"),
-    ("points_per_batch", int, "Prompts decoded at once (memory vs speed)"),
-)
+def _everything_inputs(inputs):
+    """One form field per `EverythingParams` field: its name, default and help text are the library's."""
+    for p in EverythingParams.parameters():
+        label = p.name.replace("_", " ")
+        if p.choices is not None:
+            inputs.enum(p.name, list(p.choices), default=p.default, label=label, description=p.help)
+        else:
+            add = inputs.int if p.kind is int else inputs.float
+            add(p.name, default=p.default, label=label, description=p.help)
+
+
+def _everything_params(params: dict) -> dict:
+    """The form's segment-everything values, by field kind (unset ones keep the library's defaults)."""
+    return {p.name: p.kind(params[p.name]) for p in EverythingParams.parameters() if params.get(p.name) is not None}
 
 
 def _checkpoint_input(inputs):
@@ -192,31 +197,22 @@ class AutoMask(foo.Operator):
         return _execution_options(ctx)
 
     def resolve_input(self, ctx):
-        from tinysam_backend.fiftyone_adapter.auto_masks import everything_defaults, modes
-
         inputs = types.Object()
         ctx.target_view()  # opts in to the dataset / current view / selected samples choice
         inputs.str("label_field", label="Label field", default="tinysam", required=True,
                    description="Detections field to write the masks to")
-        inputs.enum("mode", list(modes()), default="hierarchical", label="Mode",
-                    description="hierarchical: TinySAM's two-round strategy; dense: SAM's full grid")
         inputs.str("output_dir", label="Mask directory",
                    description="write masks as PNGs here (mask_path) instead of in the samples; "
                                "recommended for big datasets")
-        defaults = everything_defaults()
-        for name, kind, description in EVERYTHING_FORM:
-            add = inputs.int if kind is int else inputs.float
-            add(name, default=defaults[name], label=name.replace("_", " "), description=description)
+        _everything_inputs(inputs)
         _common_inputs(inputs)
         return types.Property(inputs, view=types.View(label="TinySAM: auto-mask everything"))
 
     def execute(self, ctx):
         p = ctx.params
-        everything = {name: kind(p[name]) for name, kind, _ in EVERYTHING_FORM if p.get(name) is not None}
         return _run(self, ctx, lambda view, within: fiftyone_adapter.iter_auto_mask(
-            view, p["label_field"], checkpoint=p.get("checkpoint") or None, mode=p.get("mode") or "hierarchical",
-            output_dir=p.get("output_dir") or None, overwrite=bool(p.get("overwrite", False)), within=within,
-            **everything), "TinySAM auto-mask")
+            view, p["label_field"], checkpoint=p.get("checkpoint") or None, output_dir=p.get("output_dir") or None,
+            overwrite=bool(p.get("overwrite", False)), within=within, **_everything_params(p)), "TinySAM auto-mask")
 
     def resolve_output(self, ctx):
         return _summary_output(ctx)

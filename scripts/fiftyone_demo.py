@@ -40,18 +40,18 @@ def main() -> None:
     parser.add_argument("--out", default="fiftyone_preview.png", help="PNG to write")
     parser.add_argument("--image-dir", default="fiftyone_demo_images", help="where the demo image is written")
     parser.add_argument("--dataset", default="tinysam-demo")
-    from tinysam_backend.fiftyone_adapter import everything_defaults
+    from tinysam_backend.everything import EverythingParams
 
-    defaults = everything_defaults()  # the library's (EverythingParams), one source
-    for name in ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "high_score_thresh",
-                 "box_nms_thresh"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(defaults[name]), default=defaults[name])
+    shown = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "high_score_thresh", "box_nms_thresh")
+    for p in EverythingParams.parameters():  # the library's names, defaults and help (one source)
+        if p.name in shown:
+            parser.add_argument(p.flag, type=p.kind, default=p.default, help=p.help)
     args = parser.parse_args()
 
     import fiftyone as fo
     from PIL import Image
 
-    from tinysam_backend import Predictor, load_model
+    from tinysam_backend import Predictor, Settings, load_model
     from tinysam_backend.fiftyone_adapter import (
         auto_mask,
         evaluate_masks,
@@ -78,10 +78,9 @@ def main() -> None:
                             boxes=fo.Detections(detections=boxes)))
     ds.compute_metadata()
 
-    predictor = Predictor(load_model(args.checkpoint))
-    everything = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
-                      "stability_score_thresh": args.stability_score_thresh, "high_score_thresh": args.high_score_thresh,
-                      "box_nms_thresh": args.box_nms_thresh}
+    settings = Settings.from_env()
+    predictor = Predictor(load_model(args.checkpoint, settings=settings), settings.max_image_pixels)
+    everything = {name: getattr(args, name) for name in shown}
     report = {"auto_mask": auto_mask(ds, "auto", predictor=predictor, **everything),
               "mask_from_boxes": mask_from_boxes(ds, "boxes", "box_masks", predictor=predictor)}
     report["evaluate auto"] = evaluate_masks(ds, "auto", "ground_truth", "eval_auto")

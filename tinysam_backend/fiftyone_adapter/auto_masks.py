@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +10,6 @@ from .common import (
     Progress,
     check_collection,
     check_output_field,
-    check_range,
     drain,
     make_predictor,
     unhidden,
@@ -23,48 +21,26 @@ logger = logging.getLogger(__name__)
 
 
 def everything_defaults() -> dict:
-    """segment_everything's tunable parameters and their defaults, read from `EverythingParams` (one source)."""
+    """segment_everything's parameters and their defaults, read from `EverythingParams` (one source)."""
     from ..everything import EverythingParams
 
-    return {f.name: f.default for f in dataclasses.fields(EverythingParams) if f.name not in ("mode", "decoder")}
+    return {p.name: p.default for p in EverythingParams.parameters()}
 
 
-def modes() -> tuple[str, ...]:
-    from ..everything import MODES
-
-    return tuple(MODES)
-
-
-def check_everything_params(mode: str, params: dict) -> None:
-    """Unknown names, and values out of range (a predicted IoU or stability score above 1 keeps nothing)."""
-    from ..everything import EverythingParams
-
-    defaults = everything_defaults()
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown segment-everything parameters {unknown}; expected some of {sorted(defaults)}")
-    for name in ("pred_iou_thresh", "stability_score_thresh"):
-        if name in params:
-            check_range(name, params[name], None, 1.0)
-    EverythingParams(mode=mode, **params)  # the remaining checks (grid sizes, NMS threshold, batch size)
-
-
-def iter_auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hierarchical", output_dir=None,
-                   overwrite: bool = False, predictor=None, within: Callable[[float], None] | None = None,
-                   device=None, **everything_params) -> Iterator[tuple[int, int]]:
+def iter_auto_mask(view, label_field: str, *, checkpoint=None, output_dir=None, overwrite: bool = False,
+                   predictor=None, within: Callable[[float], None] | None = None, device=None,
+                   **everything_params) -> Iterator[tuple[int, int]]:
     """Generator form of `auto_mask`: yields (samples_done, samples_to_do) after each sample; returns the summary.
 
     within(fraction) is called while one image is segmented (its prompts done / planned)."""
     from ..config import DEFAULT_MAX_IMAGE_PIXELS
     from ..errors import ImageError
-    from ..everything import segment_everything
+    from ..everything import EverythingParams, run_everything
     from ..image_io import load_image
 
     check_collection(view)
     check_output_field(view, label_field)
-    if mode not in modes():
-        raise ValueError(f"mode must be one of {modes()}, got {mode!r}")
-    check_everything_params(mode, everything_params)
+    params = EverythingParams.from_overrides(**everything_params)
     view = unhidden(view)
     todo = view if overwrite else view.exists(label_field, False)
     ids, paths = todo.values(["id", "filepath"])
@@ -96,7 +72,7 @@ def iter_auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hier
             yield i + 1, total
             continue
         reached["fraction"] = 0.0
-        records = segment_everything(pred, image, mode=mode, progress=on_prompts, **everything_params)
+        records = run_everything(pred, image, params, on_prompts).records
         size = image.shape[:2]
         del image
         sample_dir = None
@@ -107,7 +83,8 @@ def iter_auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hier
                     old.unlink()
         dets = []
         for k, record in enumerate(records):
-            det = everything_record_to_detection(record, size, None if sample_dir is None else sample_dir / f"{k:04d}.png")
+            mask_path = None if sample_dir is None else sample_dir / f"{k:04d}.png"
+            det = everything_record_to_detection(record, size, mask_path)
             if det is not None:
                 dets.append(det)
         write_detections(view, sample_id, label_field, dets)
@@ -117,16 +94,16 @@ def iter_auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hier
     return summary
 
 
-def auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hierarchical", output_dir=None,
-              overwrite: bool = False, predictor=None, progress: Progress = None, device=None,
-              **everything_params) -> dict:
+def auto_mask(view, label_field: str, *, checkpoint=None, output_dir=None, overwrite: bool = False, predictor=None,
+              progress: Progress = None, device=None, **everything_params) -> dict:
     """Segment everything in every sample of `view` into the `Detections` field `label_field`.
 
     checkpoint: fp32 state dict or quantized artifact dir (None: TINYSAM_CHECKPOINT); predictor: an existing
-    `Predictor` to use instead of loading one. mode: "hierarchical" or "dense". output_dir: write masks as
-    PNGs under output_dir/label_field/<sample id>/ (`mask_path`) instead of into the documents. overwrite:
-    redo samples whose field is already set (otherwise they are skipped, so a stopped run resumes).
-    everything_params: `segment_everything`'s parameters (defaults: `EverythingParams`). progress: FiftyOne's
+    `Predictor` to use instead of loading one. output_dir: write masks as PNGs under
+    output_dir/label_field/<sample id>/ (`mask_path`) instead of into the documents. overwrite: redo samples whose
+    field is already set (otherwise they are skipped, so a stopped run resumes). everything_params: fields of
+    `EverythingParams` by name (mode "hierarchical" or "dense", points_per_side, …; the others keep its defaults,
+    unknown names or values out of range raise ValueError before any work). progress: FiftyOne's
     convention (None: `fo.config.show_progress_bars`, True/False, or a callable given the progress bar),
     advanced per sample and within each image. Images that cannot be read are logged and left unset (retried
     by the next run). Everything is checked before any work: arguments, the field's type, the media type.
@@ -134,5 +111,5 @@ def auto_mask(view, label_field: str, *, checkpoint=None, mode: str = "hierarchi
     Returns {label_field, samples (written), skipped (already done), masks, failed (sample ids)}.
     """
     return drain(lambda within: iter_auto_mask(
-        view, label_field, checkpoint=checkpoint, mode=mode, output_dir=output_dir, overwrite=overwrite,
-        predictor=predictor, within=within, device=device, **everything_params), progress)
+        view, label_field, checkpoint=checkpoint, output_dir=output_dir, overwrite=overwrite, predictor=predictor,
+        within=within, device=device, **everything_params), progress)

@@ -94,17 +94,21 @@ def check_range(name: str, value, low: float | None, high: float | None, integer
 def make_predictor(checkpoint, predictor, **load_options):
     """An existing predictor, or one loaded from `checkpoint` (None: the configured default).
 
-    load_options (device, engine, precision) are forwarded to `load_model` only when given.
+    FiftyOne runs our code inside its own processes, so this is where TinySAM's configuration enters
+    (`Settings.from_env()`: the default checkpoint, engine choice, pixel limit). load_options (device, engine,
+    precision) are forwarded to `load_model` only when given.
     """
     if predictor is not None:
         return predictor
     from ..allocator import tune_in_process
     from ..checkpoint import load_model
+    from ..config import Settings
     from ..predictor import Predictor
 
     tune_in_process()  # FiftyOne's processes start without our malloc variables (see allocator.py)
+    settings = Settings.from_env()
     options = {k: v for k, v in load_options.items() if v is not None}
-    return Predictor(load_model(checkpoint, **options))
+    return Predictor(load_model(checkpoint, settings=settings, **options), settings.max_image_pixels)
 
 
 def image_size(sample_metadata, filepath: str) -> tuple[int, int]:

@@ -86,19 +86,17 @@ def download_model(model_name: str, model_path: str) -> None:
 
 
 def load_model(model_name: str, model_path: str, checkpoint=None, device=None, engine=None, precision=None,
-               prompts_per_batch: int = DEFAULT_PROMPTS_PER_BATCH, mode: str = "hierarchical",
-               **everything_params):
+               prompts_per_batch: int = DEFAULT_PROMPTS_PER_BATCH, **everything_params):
     """FiftyOne's load hook: a `TinySAMModel`. checkpoint: a local file / quantized directory used instead of
-    the downloaded one (then nothing needs fetching); otherwise `TINYSAM_CHECKPOINT`, then `model_path`."""
+    the downloaded one (then nothing needs fetching); otherwise `TINYSAM_CHECKPOINT`, then `model_path`.
+    everything_params: fields of `EverythingParams` (mode, points_per_side, …) for samples without prompts."""
     from ..config import Settings
     from ..errors import MissingCheckpointError
-    from .auto_masks import check_everything_params, modes
+    from ..everything import EverythingParams
     from .common import check_range, make_predictor
 
     _model_entry(model_name)
-    if mode not in modes():
-        raise ValueError(f"mode must be one of {modes()}, got {mode!r}")
-    check_everything_params(mode, everything_params)
+    everything = EverythingParams.from_overrides(**everything_params)
     check_range("prompts_per_batch", prompts_per_batch, 1, None, integer=True)
     source = checkpoint or Settings.from_env().checkpoint
     if source is None:
@@ -109,8 +107,7 @@ def load_model(model_name: str, model_path: str, checkpoint=None, device=None, e
         source = model_path
     predictor = make_predictor(source, None, device=device, engine=engine, precision=precision)
     cls = _loader_model_class() if _has_data_loader() else TinySAMModel
-    return cls(predictor, name=model_name, mode=mode, prompts_per_batch=prompts_per_batch,
-                        everything_params=everything_params)
+    return cls(predictor, name=model_name, prompts_per_batch=prompts_per_batch, everything=everything)
 
 
 class ToRGBArray:
@@ -149,16 +146,17 @@ def _has_data_loader() -> bool:
 class TinySAMModel(*_BASES):
     """A FiftyOne `Model`: prompts of a sample field → instance masks, or segment-everything without prompts."""
 
-    def __init__(self, predictor, *, name: str = "tinysam", mode: str = "hierarchical",
-                 prompts_per_batch: int = DEFAULT_PROMPTS_PER_BATCH, everything_params: dict | None = None):
+    def __init__(self, predictor, *, name: str = "tinysam", prompts_per_batch: int = DEFAULT_PROMPTS_PER_BATCH,
+                 everything=None):
         import fiftyone.core.models as fom
+
+        from ..everything import EverythingParams
 
         fom.SamplesMixin.__init__(self)
         self.predictor = predictor
         self.name = name
-        self.mode = mode
         self.prompts_per_batch = prompts_per_batch
-        self.everything_params = dict(everything_params or {})
+        self.everything = EverythingParams() if everything is None else everything  # without a prompt field
         self._preprocess = True
         self._transforms = ToRGBArray()
 
@@ -213,7 +211,7 @@ class TinySAMModel(*_BASES):
     def _predict_one(self, img, sample):
         import fiftyone as fo
 
-        from ..everything import segment_everything
+        from ..everything import run_everything
         from ..image_io import array_to_rgb, pil_to_rgb
         from .conversions import everything_record_to_detection, prompt_mask_to_detection
         from .masks_from_prompts import _prompt_masks
@@ -222,7 +220,7 @@ class TinySAMModel(*_BASES):
         size = image.shape[:2]
         field = self._prompt_field()
         if field is None:
-            records = segment_everything(self.predictor, image, mode=self.mode, **self.everything_params)
+            records = run_everything(self.predictor, image, self.everything).records
             dets = [everything_record_to_detection(r, size) for r in records]
             return fo.Detections(detections=[d for d in dets if d is not None])
         if sample is None:
