@@ -130,7 +130,7 @@ def main() -> None:
             models["openvino int8 (our scales)"] = load_model(args.int8, settings=cache, engine="openvino")
         nncf_seconds = None
         if args.nncf:
-            from tinysam_backend.quantization.calibrate import default_calibration_images
+            from tinysam_backend.quantization.calibration_data import default_calibration_images
 
             enc, nncf_seconds = _nncf_encoder(ckpt, Path(tmp), default_calibration_images())
             models["openvino int8 (NNCF default PTQ)"] = EngineSam(load_torch_model(ckpt), enc).eval()

@@ -161,7 +161,8 @@ def main() -> None:
         export_onnx(fp32, Path(tmp) / "fp32")
         int8_dir = args.int8
         if int8_dir is None:
-            from tinysam_backend.quantization.calibrate import default_calibration_images, quantize_model
+            from tinysam_backend.quantization.artifact import quantize_model
+            from tinysam_backend.quantization.calibration_data import default_calibration_images
 
             int8_dir = quantize_model(fp32, default_calibration_images(), Path(tmp) / "int8")
         # Both graphs in ONNX Runtime. What `load_model(int8 dir)` serves by default is the int8 encoder with the

@@ -50,7 +50,7 @@ def test_prompt_to_points_mask_only_and_bad_shapes():
 
 
 def test_onnx_scope_matches_exporter_naming(tiny_model):
-    from tinysam_backend.quantization.calibrate import onnx_scope
+    from tinysam_backend.quantization.points import onnx_scope
 
     assert onnx_scope(tiny_model, "image_encoder.layers.1.blocks.0.attn.qkv") == "/image_encoder/layers.1/blocks.0/attn/qkv"
     assert onnx_scope(tiny_model, "image_encoder.patch_embed.seq.0") == "/image_encoder/patch_embed/seq/seq.0"
@@ -59,7 +59,7 @@ def test_onnx_scope_matches_exporter_naming(tiny_model):
 
 
 def test_fake_quant_is_symmetric_int8():
-    from tinysam_backend.quantization.calibrate import fake_quant, fake_quant_weight
+    from tinysam_backend.quantization.fake_quant import fake_quant, fake_quant_weight
 
     x = torch.tensor([-3.0, -0.26, 0.0, 0.24, 5.0])
     y = fake_quant(x, torch.tensor(0.02))
@@ -70,9 +70,10 @@ def test_fake_quant_is_symmetric_int8():
 
 
 def test_grid_search_finds_grid_optimum_scalar_and_grouped():
-    from tinysam_backend.quantization.calibrate import CalibrationConfig, _ratios, grid_search
+    from tinysam_backend.quantization.calibrate import CalibrationConfig
+    from tinysam_backend.quantization.scale_search import candidate_ratios, grid_search
 
-    grid = _ratios(CalibrationConfig())
+    grid = candidate_ratios(CalibrationConfig())
     assert 1.0 in grid.tolist() and grid.min() == pytest.approx(0.01) and grid.max() == pytest.approx(1.2)
     target = torch.tensor([0.05, 0.537, 1.0, 1.19])
     best = grid_search(lambda a: (a - target).abs(), grid, groups=4)
@@ -80,6 +81,55 @@ def test_grid_search_finds_grid_optimum_scalar_and_grouped():
     assert torch.equal(best, expected)
     assert float(grid_search(lambda a: (a - 0.3).square(), grid)) == pytest.approx(float(expected[0] * 0 + grid[
         (grid - 0.3).abs().argmin()]))
+
+
+def test_attention_observer_sees_the_forward_products():
+    """The observer gets the real intermediates (checked against PyTorch's own attention) and changes nothing."""
+    import torch.nn.functional as F
+
+    from tinysam_backend.modeling.image_encoder_tinyvit import WindowAttention
+    from tinysam_backend.modeling.transformer import Attention
+
+    torch.manual_seed(0)
+    window = WindowAttention(32, 2, 7)
+    torch.nn.init.normal_(window.attention_biases)
+    x = torch.randn(3, 49, 32)
+    cross = Attention(32, 4, downsample_rate=2)
+    q_in, kv_in = torch.randn(2, 5, 32), torch.randn(2, 40, 32)
+    with torch.no_grad():
+        plain = window(x), cross(q_in, kv_in, kv_in)
+        seen: list[dict] = []
+        window.observer = cross.observer = lambda **t: seen.append(t)
+        observed = window(x), cross(q_in, kv_in, kv_in)
+        del window.observer, cross.observer
+    assert torch.equal(plain[0], observed[0]) and torch.equal(plain[1], observed[1])
+    assert [sorted(t) for t in seen] == [["bias", "k", "out", "probs", "q", "v"], ["k", "out", "probs", "q", "v"]]
+    w, c = seen
+    assert w["q"].shape == (3, 2, 49, 16) and w["bias"].shape == (2, 49, 49) and c["q"].shape == (2, 4, 5, 4)
+    ref_w = F.scaled_dot_product_attention(w["q"], w["k"], w["v"], attn_mask=w["bias"])
+    ref_c = F.scaled_dot_product_attention(c["q"], c["k"], c["v"])
+    assert torch.allclose(w["out"], ref_w, atol=1e-5) and torch.allclose(c["out"], ref_c, atol=1e-5)
+    assert torch.allclose(w["probs"].sum(-1), torch.ones(3, 2, 49)) and torch.allclose(c["probs"] @ c["v"], c["out"])
+    assert window.observer is None and cross.observer is None
+
+
+def test_recorder_fills_attention_points_and_removes_its_observers(tiny_model):
+    from tinysam_backend.modeling.image_encoder_tinyvit import WindowAttention
+    from tinysam_backend.modeling.transformer import Attention
+    from tinysam_backend.quantization.calibrate import CalibrationConfig
+    from tinysam_backend.quantization.points import QuantPoint
+    from tinysam_backend.quantization.recorder import ActivationRecorder
+
+    mods = [m for m in tiny_model.modules() if isinstance(m, (WindowAttention, Attention))]
+    points = [QuantPoint(f"attn{i}", "attention", m, "encoder") for i, m in enumerate(mods)]
+    s = tiny_model.image_size
+    with torch.no_grad(), ActivationRecorder(points, CalibrationConfig()):
+        emb = tiny_model.encode_image(torch.randn(1, 3, s, s))
+        tiny_model.decode(emb, (torch.tensor([[[30.0, 40.0]]]), torch.ones(1, 1, dtype=torch.int64)))
+    for pt in points:
+        assert len(pt.x) == 1 and set(pt.head_max) == {"q", "k", "p", "v"}, pt.name
+        assert pt.head_max["q"].shape == (pt.module.num_heads,) and float(pt.head_max["p"].max()) <= 1.0
+    assert all(m.observer is None and "observer" not in vars(m) for m in mods)
 
 
 def test_load_quantized_refuses_directory_without_metadata(tmp_path):
@@ -146,7 +196,8 @@ def int8_dir(parity_checkpoint, tmp_path_factory) -> Path:
 
     from tinysam_backend.checkpoint import load_torch_model
     from tinysam_backend.image_io import array_to_rgb
-    from tinysam_backend.quantization.calibrate import CalibrationConfig, quantize_model
+    from tinysam_backend.quantization.artifact import quantize_model
+    from tinysam_backend.quantization.calibrate import CalibrationConfig
 
     out = tmp_path_factory.mktemp("int8")
     images = [array_to_rgb(skimage.data.camera()), array_to_rgb(skimage.data.coins())]

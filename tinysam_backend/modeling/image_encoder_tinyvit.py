@@ -9,7 +9,7 @@ segmentation path never uses it.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +93,15 @@ class PatchMerging(nn.Module):
 
 
 class WindowAttention(nn.Module):
-    """Multi-head attention inside one window with a learned relative-offset bias per head."""
+    """Multi-head attention inside one window with a learned relative-offset bias per head.
+
+    `observer`: None, or a callable that each forward calls with its intermediates as keywords — `q`, `k`, `v`
+    (windows, heads, N, key_dim), the per-head offset `bias` (heads, N, N), the softmax `probs` and
+    `out = probs @ v` — so that post-training quantization records the attention products of the real forward
+    (`quantization/recorder.py`) instead of re-implementing it. It does not change the result.
+    """
+
+    observer: Callable[..., None] | None = None
 
     def __init__(self, dim: int, num_heads: int, window: int) -> None:
         super().__init__()
@@ -120,10 +128,14 @@ class WindowAttention(nn.Module):
         # Explicit attention, in place where possible: on the CPU, scaled_dot_product_attention with a float
         # mask takes its math path plus a scan of the mask for -inf rows (≈ 6% of the encoder's time). The ONNX
         # export traces this form too: its two MatMuls are where quantization puts per-head int8 products.
-        attn = q @ k.transpose(-2, -1)
-        attn.mul_(self.scale).add_(self.attention_biases[:, self.attention_bias_idxs].to(q.dtype))
-        x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, -1)
-        return self.proj(x)
+        attn = (q @ k.transpose(-2, -1)).mul_(self.scale)
+        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
+        attn.add_(bias)
+        probs = attn.softmax(dim=-1)
+        out = probs @ v
+        if self.observer is not None:
+            self.observer(q=q, k=k, v=v, bias=bias, probs=probs, out=out)
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class TinyViTMlp(nn.Module):

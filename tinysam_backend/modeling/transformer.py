@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -9,7 +11,14 @@ from .common import MLPBlock
 
 
 class Attention(nn.Module):
-    """Multi-head attention with an optional down-projection of the internal width."""
+    """Multi-head attention with an optional down-projection of the internal width.
+
+    `observer`: None, or a callable that `attend` calls with its intermediates as keywords — `q`, `k`, `v`
+    (B, heads, N, c), the softmax `probs` and `out = probs @ v` — so that post-training quantization records the
+    attention products of the real forward (`quantization/recorder.py`). It does not change the result.
+    """
+
+    observer: Callable[..., None] | None = None
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -29,7 +38,10 @@ class Attention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Attention on already-projected, head-split tensors (B, heads, N, c)."""
         attn = q @ k.transpose(-2, -1) / (q.shape[-1] ** 0.5)
-        out = attn.softmax(dim=-1) @ v
+        probs = attn.softmax(dim=-1)
+        out = probs @ v
+        if self.observer is not None:
+            self.observer(q=q, k=k, v=v, probs=probs, out=out)
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
 

@@ -14,13 +14,9 @@ logger = logging.getLogger(__name__)
 def cmd_quantize(args: argparse.Namespace, settings) -> int:
     from ..checkpoint import load_torch_model
     from ..image_io import load_image
-    from .calibrate import (
-        DEFAULT_CALIBRATION_IMAGES,
-        CalibrationConfig,
-        calibration_image_paths,
-        default_calibration_images,
-        quantize_model,
-    )
+    from .artifact import quantize_model
+    from .calibrate import CalibrationConfig
+    from .calibration_data import DEFAULT_CALIBRATION_IMAGES, calibration_image_paths, default_calibration_images
 
     sam = load_torch_model(args.checkpoint, settings=settings)
     if args.calib:

@@ -10,7 +10,7 @@ Decoder graph `mask_decoder.onnx` (prompt encoder + mask decoder), with a dynami
 - `mask_input` (B or 1, 1, 256, 256) low-res logits, `has_mask_input` (1,) 1.0 or 0.0;
 → `low_res_logits` (B, 3, 256, 256), `iou_predictions` (B, 3).
 
-`prompt_to_points` turns the model-API prompts (points / boxes) into that point list exactly as the
+`prompts.prompt_to_points` turns the model-API prompts (points / boxes) into that point list exactly as the
 PyTorch prompt encoder orders them (points, then the padding point when there is no box, then box corners),
 so the graph computes the same sums as `PromptEncoder.forward`.
 """
@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from ..modeling.sam import Sam
-from .prompts import prompt_to_points  # noqa: F401  (re-exported: the graph's prompt layout)
 from .runtime import FORMAT_VERSION, FP32_DECODER_FILE, METADATA_FILE
 
 logger = logging.getLogger(__name__)
