@@ -16,13 +16,13 @@ import importlib.util
 import json
 
 import numpy as np
-from core_bench import _median_time  # benchmarks/ is on sys.path when run as a script
+from bench_env import median_time  # benchmarks/ is on sys.path when run as a script
 
 from tinysam_backend.label_studio.brush_rle import mask_to_brush_rle, rle_json
 
 
 def _median_ms(fn, runs: int) -> float:
-    return _median_time(fn, runs) * 1000
+    return median_time(fn, runs) * 1000
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """fp32 PyTorch path: encoder time per image and decoder time per prompt (Sam.decode and the low-rank decoder
-side by side), on this machine.
+side by side), on the machine it runs on.
 
     python benchmarks/core_bench.py [--checkpoint PATH] [--runs 5] [--rounds 2]
 
@@ -13,21 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def _median_time(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from bench_env import interleaved, median_time  # benchmarks/ is on sys.path when run as a script
 
 
 def _reference_arithmetic(model) -> None:
@@ -57,19 +47,6 @@ def _reference_arithmetic(model) -> None:
     del F
 
 
-def _interleaved(fns: dict, runs: int) -> dict:
-    """Median time of each function, run in turns so that machine load hits all alike."""
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def measure(args) -> dict:
     import skimage.data
 
@@ -84,7 +61,7 @@ def measure(args) -> dict:
     reference = load_model(args.checkpoint)
     _reference_arithmetic(reference)
     with torch.inference_mode():
-        t = _interleaved({"ours": lambda: predictor.model.encode_image(x),
+        t = interleaved({"ours": lambda: predictor.model.encode_image(x),
                           "reference": lambda: reference.encode_image(x)}, args.runs)
         diff = (predictor.model.encode_image(x) - reference.encode_image(x)).abs().max().item()
     emb = predictor.embed(image)
@@ -93,7 +70,7 @@ def measure(args) -> dict:
     coords = np.random.default_rng(0).uniform(0, 1024, (64, 1, 2))
     _, _, low = predictor.predict(emb, [[500, 400]], [1])
     refine = {"point_coords": [[500, 400], [300, 700], [600, 200]], "point_labels": [1, 0, 1], "mask_input": low[:1]}
-    clicks = _interleaved({  # each path as the user calls it; "model" is Sam.decode, the rest the low-rank decoder
+    clicks = interleaved({  # each path as the user calls it; "model" is Sam.decode, the rest the low-rank decoder
         "click_model": lambda: plain.predict(emb_plain, [[500, 400]], [1]),
         "click": lambda: predictor.predict(emb, [[500, 400]], [1]),
         "refine_model": lambda: plain.predict(emb_plain, **refine),
@@ -108,15 +85,15 @@ def measure(args) -> dict:
     return {
         "threads": torch.get_num_threads(),
         "reference": t["reference"], "ours": t["ours"], "diff": diff,
-        "embed": _median_time(lambda: predictor.embed(image), args.runs),
-        "context": _median_time(lambda: ImageContext(predictor.model, emb.features), args.runs),
+        "embed": median_time(lambda: predictor.embed(image), args.runs),
+        "context": median_time(lambda: ImageContext(predictor.model, emb.features), args.runs),
         "context_bytes": emb.context.nbytes,
         **clicks,
-        "click_box": _median_time(lambda: predictor.predict(emb, [[500, 400]], [1], box=[300, 200, 700, 600]),
+        "click_box": median_time(lambda: predictor.predict(emb, [[500, 400]], [1], box=[300, 200, 700, 600]),
                                   args.runs * 4),
-        "batch64_model": _median_time(lambda: plain.predict_batch(emb_plain, coords, np.ones((64, 1)),
+        "batch64_model": median_time(lambda: plain.predict_batch(emb_plain, coords, np.ones((64, 1)),
                                                                   return_masks=False), args.runs) / 64,
-        "batch64": _median_time(lambda: predictor.predict_batch(emb, coords, np.ones((64, 1)), return_masks=False),
+        "batch64": median_time(lambda: predictor.predict_batch(emb, coords, np.ones((64, 1)), return_masks=False),
                                 args.runs) / 64,
     }
 

@@ -1,4 +1,4 @@
-"""One real-size distillation step on this machine: TinySAM student (parity checkpoint) and a teacher.
+"""One real-size distillation step on the machine it runs on: TinySAM student (parity checkpoint) and a teacher.
 
     python benchmarks/distill_step.py [--checkpoint PATH] [--teacher vit_t|vit_b] [--prompts 64] [--threads 2]
 
@@ -41,11 +41,10 @@ def _step_seconds(images: Path, out: Path, teacher, checkpoint: Path, prompts: i
 
 
 def _seed_with_rounds(cfg, rounds: int, device: str) -> int:
-    from tinysam_backend.distillation.trainer import _step_generator
+    from tinysam_backend.distillation import rounds_of_step
 
     for seed in range(10_000):
-        g = _step_generator(cfg.__class__(**{**cfg.__dict__, "seed": seed}), 1, 0, torch.device(device))
-        if int(torch.randint(cfg.max_rounds + 1, (1,), generator=g, device=torch.device(device))) == rounds:
+        if rounds_of_step(cfg.__class__(**{**cfg.__dict__, "seed": seed}), 1, 0, device) == rounds:
             return seed
     raise RuntimeError(f"no seed draws {rounds} rounds")
 

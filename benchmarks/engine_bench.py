@@ -16,34 +16,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_env import interleaved, mask_iou  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY = REPO.parent / "shared" / "parity"
 CASES = ("point", "points_pos_neg", "box", "box_point", "refine_with_mask_input")
-
-
-def _interleaved(fns: dict, runs: int) -> dict:
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def _accuracy(reference, predictor, images: dict) -> tuple[float, float]:
@@ -58,7 +41,7 @@ def _accuracy(reference, predictor, images: dict) -> tuple[float, float]:
             m1, s1, _ = reference.predict(e_ref, **kw)
             m2, _, _ = predictor.predict(e, **kw)
             best = int(np.argmax(s1))
-            ious.append(_mask_iou(m1[best], m2[best]))
+            ious.append(mask_iou(m1[best], m2[best]))
     return float(np.mean(ious)), float(np.min(ious))
 
 
@@ -137,7 +120,7 @@ def main() -> None:
         auto = load_model(ckpt, settings=cache)
         x = torch.randn(1, 3, 1024, 1024)
         with torch.inference_mode():
-            enc = _interleaved({k: (lambda m=m: m.encode_image(x)) for k, m in models.items()}, args.runs)
+            enc = interleaved({k: (lambda m=m: m.encode_image(x)) for k, m in models.items()}, args.runs)
         base = enc["pytorch fp32"]
         auto_key = f"{auto.engine_info['engine']} {auto.engine_info['precision']}"
         print(f"\nauto picks: {auto.engine_info['engine']} {auto.engine_info['precision']} on "
@@ -159,7 +142,7 @@ def main() -> None:
         emb = pred.embed(images["astronaut"])
         pt = np.array([[200.0, 150.0]])
         lab = np.array([1])
-        clicks = _interleaved({"click": lambda: pred.predict_batch(emb, pt[None], lab[None], best_only=True)},
+        clicks = interleaved({"click": lambda: pred.predict_batch(emb, pt[None], lab[None], best_only=True)},
                               args.runs * 10)
         print(f"\nclick with a cached embedding (auto model, low-rank decoder, best mask + upscaled mask): "
               f"{clicks['click'] * 1e3:.1f} ms")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_env import mask_iou  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY = REPO.parent / "shared" / "parity"
@@ -35,11 +36,6 @@ def _timed(fn, runs: int, device: torch.device) -> float:
         torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def main() -> int:
@@ -83,7 +79,7 @@ def main() -> int:
                           "box": z.get("prompt_box"), "mask_input": z.get("prompt_mask_input")}
                     m1, s1, _ = ref.predict(e1, **kw)
                     m2, _, _ = pred.predict(e2, **kw)
-                    ious.append(_mask_iou(m1[int(np.argmax(s1))], m2[int(np.argmax(s1))]))
+                    ious.append(mask_iou(m1[int(np.argmax(s1))], m2[int(np.argmax(s1))]))
         acc = "(reference)" if not ious else f"{np.mean(ious):.4f} / {np.min(ious):.4f}"
         print(f"| torch {prec} | {t * 1e3:.1f} | {base / t:.2f}x | {acc} |")
     pred = predictors["fp16"]

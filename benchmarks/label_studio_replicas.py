@@ -3,8 +3,8 @@
 
     .venv/bin/python benchmarks/label_studio_replicas.py [--annotators 8] [--clicks 15] [--think-ms 1000]
 
-Both set-ups get the same 2 prediction threads in all (this machine has 2 cores, so 2 replicas x 1 thread is the
-fair comparison with 1 replica x 2 threads; torch's intra-op threads are the cores shared out between the replicas,
+Both set-ups get the same 2 prediction threads in all (2 replicas x 1 thread against 1 replica x 2 threads: the
+same cores, shared out differently; torch's intra-op threads are the cores shared out between the replicas,
 TINYSAM_TORCH_THREADS) and the same nginx config, routing by the image URL read from the body.
 Each annotator works on its own image (the 8 scikit-image photos of label_studio_load.py): one first click (fetch +
 encode, reported apart; annotators open their tasks within one --think-ms), then, once every image is open,
@@ -28,12 +28,10 @@ import numpy as np
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "label_studio"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_env import describe
 from label_studio_load import IMAGES, click_path, load_images, ref, regions_for
-from ls_helpers import free_port, keypoint, predict_body, serve
-from test_ls_replicas import Nginx, nginx_binary, replica_config
+from ls_harness import Nginx, free_port, keypoint, nginx_binary, predict_body, replica_config, serve
 
 
 def run(setup: str, replicas: int, threads: int, args, images, tmp: Path) -> dict:

@@ -23,11 +23,9 @@ import requests
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "label_studio"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_env import describe
-from ls_helpers import keypoint, predict_body, random_image, serve
-from test_ls_slow_clients import SlowClients
+from ls_harness import SlowClients, keypoint, predict_body, random_image, serve
 
 
 def measure(url: str, tries: int) -> tuple[list[float], list[float]]:

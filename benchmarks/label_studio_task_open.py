@@ -34,9 +34,16 @@ import requests
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "label_studio"))
-from ls_helpers import LABEL_CONFIG, free_port, keypoint, predict_body, serve
-from ls_server import TOKEN, start_label_studio, wait_for_prediction
+from ls_harness import (
+    LABEL_CONFIG,
+    TOKEN,
+    free_port,
+    keypoint,
+    predict_body,
+    serve,
+    start_label_studio,
+    wait_for_prediction,
+)
 
 IMAGES = ["astronaut", "coffee", "chelsea", "rocket"]
 

@@ -20,35 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_env import interleaved, mask_iou  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PARITY = REPO.parent / "shared" / "parity"
 POINT_CASES = ("point", "points_pos_neg")
 BOX_CASES = ("box", "box_point")
-
-
-def _interleaved(fns: dict, runs: int) -> dict:
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def _case_prompts(z) -> dict:
@@ -70,17 +52,17 @@ def speed(models: dict, runs: int) -> dict:
     s = next(iter(models.values())).image_size
     x = torch.randn(1, 3, s, s)
     with torch.inference_mode():
-        enc = _interleaved({k: (lambda m=m: m.encode_image(x)) for k, m in models.items()}, runs)
+        enc = interleaved({k: (lambda m=m: m.encode_image(x)) for k, m in models.items()}, runs)
         emb = {k: m.encode_image(x) for k, m in models.items()}
         click = (torch.tensor([[[400.0, 300.0]]]), torch.ones(1, 1, dtype=torch.int64))
         # The fp32 model's decoder also as `Predictor` runs it: the low-rank decoder over the image's context.
         lowrank = LowRankDecoder(models["pytorch_fp32"], emb["pytorch_fp32"])
         decoders = {k: (lambda prompts, m=m, k=k: m.decode(emb[k], prompts)) for k, m in models.items()}
         decoders["pytorch_fp32_lowrank"] = lowrank.decode
-        dec1 = _interleaved({k: (lambda f=f: f(click)) for k, f in decoders.items()}, runs * 4)
+        dec1 = interleaved({k: (lambda f=f: f(click)) for k, f in decoders.items()}, runs * 4)
         rng = np.random.default_rng(0)
         many = (torch.from_numpy(rng.uniform(0, s, (64, 1, 2)).astype(np.float32)), torch.ones(64, 1, dtype=torch.int64))
-        dec64 = _interleaved({k: (lambda f=f: f(many)) for k, f in decoders.items()}, runs)
+        dec64 = interleaved({k: (lambda f=f: f(many)) for k, f in decoders.items()}, runs)
     return {"encoder_s": enc, "decode_single_click_ms": {k: v * 1e3 for k, v in dec1.items()},
             "decode_per_prompt_in_batch64_ms": {k: v * 1e3 / 64 for k, v in dec64.items()}}
 
@@ -102,7 +84,7 @@ def accuracy(reference, candidate, parity: Path, manifest: dict, images: dict, e
             m2, s2, _ = cand.predict(e_c, **_case_prompts(z))
             best = int(np.argmax(s1))
             key = "point" if case in POINT_CASES else "box" if case in BOX_CASES else "refine"
-            out[key].append(_mask_iou(m1[best], m2[best]))
+            out[key].append(mask_iou(m1[best], m2[best]))
             out["iou_pred_max_abs_err"] = max(out["iou_pred_max_abs_err"], float(np.abs(s1 - s2).max()))
     res = {f"mean_best_mask_iou_{k}": round(float(np.mean(out[k])), 4) for k in ("point", "box", "refine")}
     res["per_prompt_best_mask_iou"] = {k: [round(v, 4) for v in out[k]] for k in ("point", "box", "refine")}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# ../shared/parity beside the checkout; /work/shared/parity where a clone lies elsewhere on these machines.
+# ../shared/parity beside the checkout, else the fixed location /work/shared/parity (for a checkout elsewhere).
 PARITY_CANDIDATES = [REPO.parent / "shared" / "parity", Path("/work/shared/parity")]
 
 

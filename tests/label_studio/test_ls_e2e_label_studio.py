@@ -15,12 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from ls_helpers import EVERYTHING_TEST_ENV, LABEL_CONFIG, keypoint, random_image, rectangle, require, serve
-from ls_server import (
+from ls_helpers import (
+    EVERYTHING_TEST_ENV,
+    LABEL_CONFIG,
     OFFLINE_ENV,
     TOKEN,
+    keypoint,
     label_studio_env,
     label_studio_executable,
+    random_image,
+    rectangle,
+    require,
+    serve,
     start_label_studio,
     wait_for_prediction,
 )

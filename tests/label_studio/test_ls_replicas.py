@@ -11,70 +11,30 @@ Needs Debian's nginx (`bash .ci/nginx.sh`): skipped without it, a failure under 
 
 from __future__ import annotations
 
-import re
 import shutil
 import socket
 import subprocess
-import time
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import requests
-from ls_helpers import REPO, free_port, keypoint, predict_body, random_image, require, serve
+from ls_helpers import (
+    REPO,
+    Nginx,
+    free_port,
+    keypoint,
+    nginx_binary,
+    predict_body,
+    random_image,
+    replica_config,
+    require,
+    serve,
+)
 from PIL import Image
 
 N_CANDIDATES = 16  # images on disk; the test clicks on PER_REPLICA of them routed to each replica
 PER_REPLICA = 2
 CLICKS = 3
-
-
-def nginx_binary() -> str | None:
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
-
-
-def replica_config(servers: list[str], port: int) -> str:
-    """deploy/nginx-replicas.conf with these upstream servers and listen address, plus an X-Upstream header."""
-    text = (REPO / "deploy" / "nginx-replicas.conf").read_text()
-    lines = re.findall(r"^\s*server backend-\d+:9090;\n", text, flags=re.MULTILINE)
-    assert len(lines) == 2, "deploy/nginx-replicas.conf: expected two `server backend-N:9090;` lines"
-    text = text.replace(lines[0], "".join(f"        server {s};\n" for s in servers)).replace(lines[1], "")
-    assert "listen 9090;" in text
-    text = text.replace("listen 9090;", f"listen 127.0.0.1:{port};")
-    text = text.replace("proxy_pass http://tinysam_replicas;",
-                        "proxy_pass http://tinysam_replicas;\n            add_header X-Upstream $upstream_addr always;")
-    return text
-
-
-class Nginx:
-    def __init__(self, binary: str, prefix: Path, config: str, port: int) -> None:
-        shutil.copytree(REPO / "deploy" / "nginx", prefix / "nginx")
-        (prefix / "nginx.conf").write_text(config)
-        prefix.chmod(0o777)  # worker processes run as nobody when the tests run as root
-        self.prefix, self.binary, self.url = prefix, binary, f"http://127.0.0.1:{port}"
-        self.log = (prefix / "nginx.log").open("w")
-        check = subprocess.run([binary, "-t", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
-                               capture_output=True, text=True, check=False)
-        assert check.returncode == 0, check.stderr
-        self.proc = subprocess.Popen([binary, "-g", "daemon off;", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                assert self.proc.poll() is None, (prefix / "nginx.log").read_text()
-                time.sleep(0.2)
-        raise RuntimeError("nginx did not start listening")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")

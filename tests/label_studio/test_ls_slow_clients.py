@@ -10,13 +10,11 @@ benchmarks/label_studio_slow_clients.py for the figures.
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import pytest
 import requests
-from ls_helpers import keypoint, predict_body, serve
+from ls_helpers import SlowClients, keypoint, predict_body, serve
 
 SLOW_CLIENTS = 64
 REQUEST_TIMEOUT = 12.0  # long enough that the slow clients are surely still open while the checks run
@@ -31,59 +29,6 @@ def server(parity_checkpoint, media_dir, tmp_path_factory):
     served.initial_workers = served.worker_pids()
     yield served
     served.stop()
-
-
-class SlowClients:
-    """Connections that send a partial request, then one more byte every `interval` seconds (never completing)."""
-
-    def __init__(self, url: str, n: int, interval: float = 0.5) -> None:
-        host, port = url.rsplit("//", 1)[1].split(":")
-        self.socks: list[socket.socket] = []
-        self.replies: dict[int, bytes] = {}
-        self.interval = interval
-        self._stop = threading.Event()
-        for i in range(n):
-            s = socket.create_connection((host, int(port)), timeout=10)
-            if i % 2 == 0:  # inside the headers: a header line that never ends
-                s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Slow: a")
-            else:  # headers complete, inside the body
-                s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: 100000\r\n\r\n{\"tasks\": ")
-            s.setblocking(False)
-            self.socks.append(s)
-        self._thread = threading.Thread(target=self._trickle, daemon=True)
-        self._thread.start()
-
-    def _trickle(self) -> None:
-        while not self._stop.wait(self.interval):
-            for i, s in enumerate(self.socks):
-                if i in self.replies:
-                    continue
-                self._collect(i, s)
-                if i in self.replies:
-                    continue
-                try:
-                    s.send(b"a" if i % 2 == 0 else b" ")
-                except OSError:
-                    self.replies.setdefault(i, b"")
-
-    def _collect(self, i: int, s: socket.socket) -> None:
-        try:
-            data = s.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        self.replies[i] = data  # b"" = closed without an answer
-
-    def answered(self) -> int:
-        return len(self.replies)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        for s in self.socks:
-            s.close()
 
 
 def _click(server) -> requests.Response:

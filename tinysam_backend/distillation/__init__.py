@@ -10,7 +10,7 @@ multi-process: `torchrun --nproc_per_node=N -m tinysam_backend.distillation ...`
 """
 
 from .hard_prompt_sampler import Prompts, hard_prompt_sampler, sample_error_points
-from .trainer import DistillConfig, LossWeights, distill, evaluate_agreement, save_student
+from .trainer import DistillConfig, LossWeights, distill, evaluate_agreement, rounds_of_step, save_student
 
 __all__ = ["DistillConfig", "LossWeights", "Prompts", "distill", "evaluate_agreement", "hard_prompt_sampler",
-           "sample_error_points", "save_student"]
+           "rounds_of_step", "sample_error_points", "save_student"]

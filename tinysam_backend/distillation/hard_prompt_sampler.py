@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..masks import MASK_THRESHOLD
+
 NOT_A_POINT = -1  # label the prompt encoder ignores (used when a prompt's prediction has no error left)
 
 
@@ -130,6 +132,6 @@ def hard_prompt_sampler(decode: Decode, targets: torch.Tensor, initial: Prompts,
     for _ in range(rounds):
         low_res, iou = decode(prompts)
         best = low_res[index, iou.argmax(dim=1)]
-        coords, labels = sample_error_points(best > 0, targets, scale, generator)
+        coords, labels = sample_error_points(best > MASK_THRESHOLD, targets, scale, generator)
         prompts = replace(prompts.add_points(coords, labels), mask_input=best[:, None].detach())
     return prompts

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..masks import MASK_THRESHOLD
+
 
 def embedding_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """L1 between student and teacher image embeddings (mean over all elements)."""
@@ -66,7 +68,7 @@ def mask_output_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
     student_logits, teacher_logits (P, 3, L, L); weight (P,) per-prompt hard-mask weight or None (= 1).
     """
-    target = teacher_logits > 0
+    target = teacher_logits > MASK_THRESHOLD
     per_mask = 20.0 * focal_loss(student_logits, target) + dice_loss(student_logits, target)  # (P, 3)
     per_prompt = per_mask.mean(-1)
     if weight is not None:
@@ -84,5 +86,5 @@ def gt_mask_loss(student_logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor
 def iou_head_loss(iou_pred: torch.Tensor, student_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MSE between the IoU head's predictions (P, 3) and the real IoU of each student mask with `target` (P, L, L)."""
     with torch.no_grad():
-        real = mask_iou(student_logits > 0, target[:, None].expand_as(student_logits))
+        real = mask_iou(student_logits > MASK_THRESHOLD, target[:, None].expand_as(student_logits))
     return F.mse_loss(iou_pred, real)

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..checkpoint import load_state_dict_checked, load_torch_model
 from ..config import DEFAULT_MAX_IMAGE_PIXELS
+from ..masks import MASK_THRESHOLD
 from ..modeling import Sam, build_sam
 from . import losses
 from .data import DistillSample, ImageFolderDataset
@@ -213,7 +214,7 @@ def _initial_prompts(sample: DistillSample, teacher: Sam, t_emb: torch.Tensor, n
         coords, _ = sample_points_in(region, scale, gen)
         first = Prompts(coords[:, None], torch.ones((n, 1), device=device))
         low, iou = _teacher_decode(teacher, t_emb, first)
-        targets = _best(low, iou) > 0
+        targets = _best(low, iou) > MASK_THRESHOLD
         has_gt = False
         if not use_box:
             return first, targets, has_gt
@@ -223,18 +224,29 @@ def _initial_prompts(sample: DistillSample, teacher: Sam, t_emb: torch.Tensor, n
     return Prompts(coords[:, None], torch.ones((n, 1), device=device)), targets, has_gt
 
 
-def _step_generator(cfg: DistillConfig, step: int, rank: int, device: torch.device) -> torch.Generator:
+def step_generator(cfg: DistillConfig, step: int, rank: int, device: torch.device) -> torch.Generator:
     """Randomness of one step on one rank is a function of (seed, step, rank): resuming replays it exactly."""
     g = torch.Generator(device=device)
     g.manual_seed((cfg.seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63))
     return g
 
 
+def _draw_rounds(max_rounds: int, gen: torch.Generator, device: torch.device) -> int:
+    """Hard-prompt rounds of a step: uniform in 0 … max_rounds, the first draw of the step's generator."""
+    return int(torch.randint(max_rounds + 1, (1,), generator=gen, device=device))
+
+
+def rounds_of_step(cfg: DistillConfig, step: int, rank: int = 0, device: torch.device | str = "cpu") -> int:
+    """The number of hard-prompt rounds step `step` (0-based) runs on `rank` under `cfg` (a function of its seed)."""
+    device = torch.device(device)
+    return _draw_rounds(cfg.max_rounds, step_generator(cfg, step, rank, device), device)
+
+
 def _distill_step(step_module: nn.Module, teacher: Sam, samples: list[DistillSample],
                   teacher_embs: torch.Tensor, cfg: DistillConfig, gen: torch.Generator, device: torch.device
                   ) -> tuple[torch.Tensor, dict[str, float]]:
     n = cfg.prompts_per_image
-    rounds = int(torch.randint(cfg.max_rounds + 1, (1,), generator=gen, device=device))
+    rounds = _draw_rounds(cfg.max_rounds, gen, device)
     use_box = bool(torch.rand((1,), generator=gen, device=device) < cfg.box_probability)
     scale = teacher.image_size / samples[0].valid.shape[-1]
     targets: dict[int, tuple[torch.Tensor, bool]] = {}
@@ -256,14 +268,15 @@ def _distill_step(step_module: nn.Module, teacher: Sam, samples: list[DistillSam
         tgt, has_gt = targets[b]
         weight = None
         if has_gt:
-            weight = losses.hard_mask_weight(_best(t_low, t_iou) > 0, _best(low.detach(), iou.detach()) > 0, tgt)
+            weight = losses.hard_mask_weight(_best(t_low, t_iou) > MASK_THRESHOLD,
+                                            _best(low.detach(), iou.detach()) > MASK_THRESHOLD, tgt)
             hard_weight += float(weight.mean())
             terms["gt_mask"] = terms["gt_mask"] + losses.gt_mask_loss(low, tgt)
             n_gt += 1
         terms["tokens"] = terms["tokens"] + losses.token_loss(tokens, t_tokens)
         terms["mask_output"] = terms["mask_output"] + losses.mask_output_loss(low, t_low, weight)
         terms["iou"] = terms["iou"] + losses.iou_head_loss(iou, low, tgt)
-        agreement += float(losses.mask_iou(low.detach() > 0, t_low > 0).mean())
+        agreement += float(losses.mask_iou(low.detach() > MASK_THRESHOLD, t_low > MASK_THRESHOLD).mean())
     nb = len(outs)
     for k in ("tokens", "mask_output", "iou"):
         terms[k] = terms[k] / nb
@@ -450,7 +463,7 @@ def distill(config: DistillConfig, teacher: Sam | None = None, student: Sam | No
             lr = opt.scheduler.get_last_lr()[0]
             t0 = time.perf_counter()
             loss, metrics = _distill_step(opt.step_module, teacher, samples, t_embs, cfg,
-                                          _step_generator(cfg, step, d.rank, d.device), d.device)
+                                          step_generator(cfg, step, d.rank, d.device), d.device)
             opt.step(loss, cfg, student, d)
             if d.device.type == "cuda":
                 torch.cuda.synchronize(d.device)  # time the step, not the kernel launches
@@ -488,14 +501,14 @@ def evaluate_agreement(student: Sam, teacher: Sam, dataset, prompts_per_image: i
             coords, _ = sample_points_in(s.valid[None].expand(n, -1, -1), scale, g)
             first = Prompts(coords[:, None], torch.ones((n, 1)))
             low, iou = teacher.decode(t_emb, first.points)
-            target = _best(low, iou) > 0
+            target = _best(low, iou) > MASK_THRESHOLD
             for j in range(n):
                 p = hard_prompt_sampler(lambda q, t_emb=t_emb: teacher.decode(t_emb, q.points, q.boxes, q.mask_input),
                                         target[j:j + 1], Prompts(first.coords[j:j + 1], first.labels[j:j + 1]),
                                         j % (max_rounds + 1), scale, g)
                 s_low, _ = student.decode(s_emb, p.points, p.boxes, p.mask_input)
                 t_low, _ = teacher.decode(t_emb, p.points, p.boxes, p.mask_input)
-                total += float(losses.mask_iou(s_low > 0, t_low > 0).mean()) / n
+                total += float(losses.mask_iou(s_low > MASK_THRESHOLD, t_low > MASK_THRESHOLD).mean()) / n
     student.train(was_training)
     return total / len(dataset)
 
