@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modeling.contract import image_to_input
 from ..modeling.image_encoder_tinyvit import WindowAttention
 from ..modeling.sam import Sam
-from ..transforms import resize_image
 from .calibration_data import calibration_prompts
 from .fake_quant import fold_conv_bn
 from .points import QuantPoint
@@ -161,12 +161,11 @@ def collect_calibration_data(sam: Sam, images: Sequence[np.ndarray], points: lis
     with ActivationRecorder(points, cfg):
         for n, rgb in enumerate(images):
             t0 = time.perf_counter()
-            resized = resize_image(rgb, sam.image_size)
-            x = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None].float()
-            x = sam.preprocess(x).requires_grad_(True)
+            x, input_size = image_to_input(rgb, sam.image_size)
+            x.requires_grad_(True)
             with torch.enable_grad():
                 emb = sam.image_encoder(x)
-                pts, boxes = calibration_prompts(resized.shape[:2], cfg.prompts_per_image, rng)
+                pts, boxes = calibration_prompts(input_size, cfg.prompts_per_image, rng)
                 loss = 0.0
                 for prompt in ({"points": pts}, {"boxes": boxes}):
                     if next(iter(prompt.values())) is None:
