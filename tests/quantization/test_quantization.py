@@ -279,16 +279,18 @@ def test_int8_artifact_serves_int8_encoder_with_exact_fp32_decoder_by_default(in
         ref_low, ref_iou = parity_model.decode(features, prompts)
     assert torch.equal(iou, ref_iou) and torch.equal(low, ref_low)  # the same fp32 weights, the same arithmetic
     assert isinstance(load_model(int8_dir, settings=Settings(quantized_decoder="onnx")), OnnxSam)
-    # An artifact without the fp32 weights (older `tinysam quantize`) serves its ONNX decoder, or says why not.
+    # An artifact without the fp32 weights (older `tinysam quantize`) is refused, whatever serves it, with the fix.
     old = tmp_path / "old"
     shutil.copytree(int8_dir, old)
     (old / "prompt_decoder.fp32.safetensors").unlink()
     meta = json.loads((old / "quantization.json").read_text())
     del meta["fp32_decoder"]
     (old / "quantization.json").write_text(json.dumps(meta))
-    assert isinstance(load_quantized(old), OnnxSam)
-    with pytest.raises(CheckpointError, match="no fp32 decoder weights"):
-        load_quantized(old, decoder="fp32")
+    for choice in ("auto", "fp32", "onnx"):
+        with pytest.raises(CheckpointError, match="older `tinysam quantize`.*re-run `tinysam quantize`"):
+            load_quantized(old, decoder=choice)
+    with pytest.raises(CheckpointError, match="re-run `tinysam quantize`"):
+        load_model(old, settings=Settings())
     with pytest.raises(ValueError, match="decoder must be one of"):
         load_quantized(int8_dir, decoder="int4")
 

@@ -8,7 +8,10 @@ alone (`load_model(dir)`); what they get depends on `decoder`:
   artifact's fp32 weights, so `Predictor` decodes with the exact low-rank decoder (`lowrank_decoder.py`). On CPUs
   without int8 dot-product instructions it answers a click faster than the int8 graph (benchmarks/
   quantization_bench.py), and with no quantization error on the prompt side;
-- "auto" (default, `TINYSAM_QUANTIZED_DECODER`): "fp32" when the artifact has the fp32 weights, else "onnx".
+- "auto" (default, `TINYSAM_QUANTIZED_DECODER`): "fp32".
+
+Every artifact `tinysam quantize` and `tinysam export-onnx` write carries those fp32 weights; a directory from
+before they were added is refused when read (`ArtifactInfo.read`), with the advice to re-run `tinysam quantize`.
 
 Both have the model protocol `Predictor` uses (`image_size`, `preprocess`, `encode_image`, `decode`). This is the
 serving path: it imports neither the calibration code nor the ONNX exporter, and the artifact holds only ONNX
@@ -48,6 +51,7 @@ class ArtifactInfo:
     image_size: int
     encoder_file: str
     decoder_file: str
+    fp32_decoder_file: str
     mask_input_size: int = 256
 
     @classmethod
@@ -60,15 +64,24 @@ class ArtifactInfo:
         if meta.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r} is not supported "
                                   f"(expected {FORMAT_VERSION})")
+        if not meta.get("fp32_decoder"):
+            raise CheckpointError(f"{directory} is an artifact from an older `tinysam quantize`: its {METADATA_FILE} "
+                                  "names no fp32 prompt-encoder / mask-decoder weights ('fp32_decoder'); re-run "
+                                  "`tinysam quantize` (or `tinysam export-onnx` for an fp32 export) to rebuild it")
         try:
             info = cls(precision=str(meta["precision"]), image_size=int(meta["image_size"]),
                        encoder_file=str(meta["encoder"]), decoder_file=str(meta["decoder"]),
+                       fp32_decoder_file=str(meta["fp32_decoder"]),
                        mask_input_size=int(meta.get("mask_input_size", 256)))
         except KeyError as e:
             raise CheckpointError(f"{path} lacks the key {e.args[0]!r}") from e
         for name in (info.encoder_file, info.decoder_file):
             if Path(name).name != name or not name.endswith(".onnx"):
                 raise CheckpointError(f"{path}: graph file must be a plain *.onnx name in the directory, got {name!r}")
+        name = info.fp32_decoder_file
+        if Path(name).name != name or not name.endswith(".safetensors"):
+            raise CheckpointError(f"{path}: fp32_decoder must be a plain *.safetensors name in the directory, "
+                                  f"got {name!r}")
         return info, meta
 
 
@@ -208,12 +221,8 @@ def load_quantized(directory: str | Path, intra_op_threads: int = 0, decoder: st
         raise CheckpointError(f"{directory} has no {METADATA_FILE}; expected a directory written by "
                               "`tinysam quantize` or `tinysam export-onnx`")
     info, meta = ArtifactInfo.read(directory)
-    fp32_file = meta.get("fp32_decoder")
-    if decoder == "onnx" or (decoder == "auto" and not fp32_file):
+    if decoder == "onnx":
         return OnnxSam(directory, intra_op_threads)
-    if not fp32_file:
-        raise CheckpointError(f"{directory} has no fp32 decoder weights (artifacts from before they were added); "
-                              "re-run `tinysam quantize`, or serve its ONNX decoder (TINYSAM_QUANTIZED_DECODER=onnx)")
     encoder = OnnxImageEncoder(create_session(directory / info.encoder_file, session_options(intra_op_threads)),
                                info.image_size)
     return _load_hybrid(directory, info, meta, encoder)
@@ -224,9 +233,6 @@ def load_with_encoder(directory: str | Path, encoder: nn.Module) -> HybridSam:
     (1, 3, S, S) image to the embedding, e.g. the artifact's graph compiled by another runtime)."""
     directory = Path(directory)
     info, meta = ArtifactInfo.read(directory)
-    if not meta.get("fp32_decoder"):
-        raise CheckpointError(f"{directory} has no fp32 decoder weights (artifacts from before they were added); "
-                              "re-run `tinysam quantize`, or serve it with ONNX Runtime (engine 'onnxruntime')")
     return _load_hybrid(directory, info, meta, encoder)
 
 
@@ -236,7 +242,7 @@ def _load_hybrid(directory: Path, info: ArtifactInfo, meta: dict, encoder: nn.Mo
 
     from ..modeling.registry import build_sam
 
-    path = directory / str(meta["fp32_decoder"])
+    path = directory / info.fp32_decoder_file
     try:
         state = load_file(str(path))
     except (OSError, SafetensorError) as e:
