@@ -52,6 +52,9 @@ from .transformer import TwoWayTransformer
 
 # Prompts whose mask heads (two transposed convolutions at 128² and 256²) run at once.
 HEAD_CHUNK = 8
+# Image-token rows (tokens × prompts) per block of the mask heads: 512 keeps a block's intermediates (0.5 to 1 MiB
+# each) in a core's L2 cache.
+HEAD_ROWS = 512
 
 
 def unsupported_reason(model) -> str | None:
@@ -345,7 +348,7 @@ class LowRankDecoder:
         v_last = v[:, t - 1]  # (B, H, d)
         v_folded = v[:, : t - 1] - v_last[:, None]  # (B, T-1, H, d)
         tok.R[:, r0:r0 + rows] = torch.einsum("bthd,chd->bhtc", v_folded, wo).reshape(b, rows, c)
-        tok.R[:, r0 + rows] = torch.einsum("bhd,chd->bc", v_last, wo) + attn.out_proj.bias
+        tok.R[:, r0 + rows] = attn.out_proj(v_last.reshape(b, h * d))
         tok.r = r0 + rows + 1
         tok.v_tokens.append((v_folded.permute(0, 2, 1, 3), v_last))
         self._layer_norm(norm, stage, tok)
@@ -491,20 +494,32 @@ class LowRankDecoder:
         return out
 
     def masks(self, hyper: torch.Tensor, tok: ImageTokens) -> torch.Tensor:
-        """Low-res logits (B, k, 4h, 4w) of the masks whose hypernetwork outputs are hyper (B, k, C/8)."""
+        """Low-res logits (B, k, 4h, 4w) of the masks whose hypernetwork outputs are hyper (B, k, C/8).
+
+        The heads run over the image tokens in blocks of about `HEAD_ROWS` token-rows (all prompts together), so
+        that each block's intermediates (first convolution, norm, activation, second convolution at 4× and 16× the
+        block's rows) stay in cache; the whole-image intermediates are 8 MiB per prompt."""
         dec = self.model.mask_decoder
         ctx = self.ctx
         b, k, _ = hyper.shape
         gh, gw = ctx.grid
         _, norm, act1, _, act2 = dec.output_upscaling
-        # First transposed conv per image token, columns (i1, j1, channel): (B, N, 4·C/4).
-        up = torch.baddbmm(ctx.up1_base.expand(b, -1, -1), tok.Lr.transpose(1, 2), tok.Rr @ ctx.up1_weight)
-        up.mul_(tok.dd.unsqueeze(-1)).add_(ctx.up1_bias)
         c4 = norm.weight.shape[0]
-        up = torch.nn.functional.layer_norm(up.view(-1, c4), (c4,), norm.weight, norm.bias, norm.eps)
-        up = act1(up)  # (B·N·4, C/4), rows (b, y, x, i1, j1)
-        up = act2(torch.addmm(ctx.up2_bias, up, ctx.up2_weight))  # (B·N·4, 4·C/8), columns (i2, j2, channel)
         c8 = ctx.up2_weight.shape[1] // 4
-        m = torch.bmm(up.view(b, -1, c8), hyper.transpose(1, 2))  # (B, N·16, k), rows (y, x, i1, j1, i2, j2)
-        m = m.view(b, gh, gw, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        lt = tok.Lr.transpose(1, 2)  # (B, N, r)
+        r_up = tok.Rr @ ctx.up1_weight  # (B, r, 4·C/4)
+        out = torch.empty((b, k, ctx.n * 16), device=hyper.device)  # (y, x, i1, j1, i2, j2) per mask
+        step = max(1, HEAD_ROWS // b)
+        for s in range(0, ctx.n, step):
+            e = min(s + step, ctx.n)
+            # First transposed conv per image token, columns (i1, j1, channel): (B, e - s, 4·C/4).
+            up = torch.baddbmm(ctx.up1_base[s:e].expand(b, -1, -1), lt[:, s:e], r_up)
+            up.mul_(tok.dd[:, s:e, None]).add_(ctx.up1_bias)
+            up = torch.nn.functional.layer_norm(up.view(-1, c4), (c4,), norm.weight, norm.bias, norm.eps)
+            up = act1(up)  # (B·(e - s)·4, C/4), rows (b, y, x, i1, j1)
+            up = act2(torch.addmm(ctx.up2_bias, up, ctx.up2_weight))  # columns (i2, j2, channel)
+            out[:, :, s * 16:e * 16] = torch.bmm(hyper, up.view(b, -1, c8).transpose(1, 2))
+        # To (y, i1, i2, x, j1, j2) in two moves of 4-element runs (one 6-D permute is 3× slower).
+        out = out.view(b * k, gh, gw, 2, 2, 4).permute(0, 1, 3, 2, 4, 5).contiguous()  # (y, i1, x, j1, i2·j2)
+        m = out.view(b * k, gh, 2, gw, 2, 2, 2).permute(0, 1, 2, 5, 3, 4, 6)
         return m.reshape(b, k, 4 * gh, 4 * gw)
