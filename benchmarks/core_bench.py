@@ -2,11 +2,20 @@
 side by side), on the machine it runs on.
 
     python benchmarks/core_bench.py [--checkpoint PATH] [--runs 5] [--rounds 2]
+    python benchmarks/core_bench.py --click [--runs 5] [--threads N] [--profile]
 
 Each measurement runs in a fresh process, alternately with glibc's default malloc and with the settings of
 `tinysam_backend/allocator.py` (read by glibc at process start), `rounds` processes each; prints medians over
 `runs` after one warm-up, both columns side by side. The parity checkpoint (random weights, official layout) times
 exactly like the real one: the arithmetic does not depend on the values.
+
+--click: only the Label Studio click of the issue's target, `Predictor.predict_batch(emb, one point,
+best_only=True)` on a cached embedding of the 512 × 512 astronaut (low-rank decoder, and `Sam.decode` beside it),
+with torch at 1 and at 2 intra-op threads (or `--threads`), tuned malloc: wall median and minimum and the process's
+CPU time per click over 20 × `runs` clicks, after the CPU model, flags and load average. On a machine shared with
+other work the CPU time is the steadier figure; wall time there measures the load as much as the click.
+--profile adds the CPU time of each aten operator of the low-rank click (thread CPU time around each call, so
+meaningful at one thread), largest first.
 """
 
 from __future__ import annotations
@@ -98,7 +107,90 @@ def measure(args) -> dict:
     }
 
 
-def _run_child(args, tuned: bool) -> dict:
+def measure_click(args) -> dict:
+    """Wall and process CPU seconds per click (see the module docstring), both decoders interleaved."""
+    import os
+    import time
+
+    import skimage.data
+
+    from tinysam_backend import Predictor, load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    predictor = Predictor(load_model(args.checkpoint))
+    plain = Predictor(predictor.model, low_rank_decoder=False)
+    image = skimage.data.astronaut()  # 512 × 512
+    emb, emb_plain = predictor.embed(image), plain.embed(image)
+    point, label = np.array([[[200.0, 150.0]]]), np.array([[1]])
+    clicks = {"low-rank": lambda: predictor.predict_batch(emb, point, label, best_only=True),
+              "Sam.decode": lambda: plain.predict_batch(emb_plain, point, label, best_only=True)}
+    wall: dict[str, list[float]] = {k: [] for k in clicks}
+    cpu: dict[str, list[float]] = {k: [] for k in clicks}
+    for fn in clicks.values():
+        for _ in range(3):
+            fn()
+    for _ in range(args.runs * 20):
+        for name, fn in clicks.items():  # in turns, so that the machine's load hits both alike
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            cpu[name].append(time.process_time() - c)
+            wall[name].append(time.perf_counter() - t)
+    return {"threads": torch.get_num_threads(), "load": os.getloadavg()[0],
+            **{name: {"wall_median": statistics.median(wall[name]), "wall_min": min(wall[name]),
+                      "cpu_median": statistics.median(cpu[name])} for name in clicks},
+            "profile": _operator_cpu(clicks["low-rank"], args.runs * 4) if args.profile else []}
+
+
+def _operator_cpu(fn, runs: int) -> list:
+    """[(operator, input shapes, calls, CPU seconds per call of fn)] for every aten operator fn runs, largest first."""
+    import time
+    from collections import defaultdict
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    totals: dict = defaultdict(lambda: [0, 0])
+
+    class _Timer(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            start = time.thread_time_ns()
+            out = func(*args, **(kwargs or {}))
+            key = (str(func), str([tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]))
+            totals[key][0] += time.thread_time_ns() - start
+            totals[key][1] += 1
+            return out
+
+    for _ in range(runs):
+        with _Timer():
+            fn()
+    rows = [(op, shapes, calls // runs, ns / runs / 1e9) for (op, shapes), (ns, calls) in totals.items()]
+    return sorted(rows, key=lambda row: -row[3])
+
+
+def _click_table(args) -> None:
+    from bench_env import describe
+
+    print(describe())
+    print(f"torch {torch.__version__}; tuned malloc; {args.runs * 20} clicks per row, after 3 warm-up clicks")
+    print(f"{'click, 512x512 astronaut, best mask':40s}{'threads':>8s}{'wall median':>13s}{'wall min':>11s}"
+          f"{'CPU median':>12s}{'load':>7s}")
+    for threads in [args.threads] if args.threads else [1, 2]:
+        args.threads = threads
+        r = _run_child(args, tuned=True, click=True)
+        for name in ("low-rank", "Sam.decode"):
+            ms = {k: v * 1000 for k, v in r[name].items()}
+            print(f"{name:40s}{r['threads']:8d}{ms['wall_median']:10.1f} ms{ms['wall_min']:8.1f} ms"
+                  f"{ms['cpu_median']:9.1f} ms{r['load']:7.1f}")
+        if r["profile"]:
+            total = sum(row[3] for row in r["profile"])
+            print(f"  aten operators of one low-rank click at {r['threads']} thread(s), CPU time ({total * 1000:.1f} ms "
+                  f"in all, timing overhead included), largest 30:")
+            for op, shapes, calls, seconds in r["profile"][:30]:
+                print(f"  {seconds * 1000:7.2f} ms {calls:3d}x {op:34s} {shapes}")
+        args.threads = 0
+
+
+def _run_child(args, tuned: bool, click: bool = False) -> dict:
     """One measurement in a fresh process, with or without the malloc variables (read by glibc at start)."""
     import json
     import os
@@ -112,7 +204,7 @@ def _run_child(args, tuned: bool) -> dict:
     if tuned:
         env.update(ALLOCATOR_ENV)
     cmd = [sys.executable, __file__, "--child", "--checkpoint", args.checkpoint, "--runs", str(args.runs),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads)] + (["--click"] if click else []) + (["--profile"] if args.profile else [])
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -127,10 +219,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2, help="alternating (default malloc, tuned malloc) processes")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
+    ap.add_argument("--click", action="store_true", help="only a click, at 1 and 2 threads (see above)")
+    ap.add_argument("--profile", action="store_true", help="with --click: CPU time per aten operator")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(measure(args)))
+        print(json.dumps(measure_click(args) if args.click else measure(args)))
+        return
+    if args.click:
+        _click_table(args)
         return
     results = {"default": [], "tuned": []}
     for _ in range(args.rounds):  # alternate, so that machine load hits both alike
