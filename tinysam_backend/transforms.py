@@ -58,12 +58,12 @@ def upscale_logits(low_res: torch.Tensor, image_size: int, input_size: tuple[int
     The official map is two bilinear interpolations (align_corners=False): to the `image_size`² input frame, crop
     to `input_size`, then to `original_size`. Per axis both are linear, so their composition is one filter with
     at most three taps per output pixel (`_composed_axis`). When the image is no larger than the input frame (the
-    second interpolation shrinks) and the logits are float32, that filter is applied directly: no `image_size`²
-    intermediate, values equal the two steps' up to float32 rounding. Otherwise the two steps run as the official
-    code, on the low-res rows and columns that the crop keeps (bit-identical: the first step's scale is unchanged)."""
+    second interpolation shrinks), that filter is applied directly: no `image_size`² intermediate, values equal
+    the two steps' up to float32 rounding. Otherwise the two steps run as the official code, on the low-res rows
+    and columns that the crop keeps (bit-identical: the first step's scale stays exactly 1/4)."""
     n_h, n_w = low_res.shape[-2:]
     shrinks = original_size[0] <= input_size[0] and original_size[1] <= input_size[1]
-    if shrinks and low_res.dtype == torch.float32 and 3 <= min(n_h, n_w) and max(n_h, n_w) <= image_size:
+    if shrinks and 3 <= min(n_h, n_w) and max(n_h, n_w) <= image_size:
         taps_y = _composed_axis(n_h, image_size, input_size[0], original_size[0])
         taps_x = _composed_axis(n_w, image_size, input_size[1], original_size[1])
         along_x = _three_tap_rows(low_res.transpose(-1, -2).contiguous(), *taps_x).transpose(-1, -2).contiguous()
@@ -95,7 +95,7 @@ def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return i0, i1, (np.float32(1.0) - w1).astype(np.float64), w1.astype(np.float64)
 
 
-@functools.lru_cache(maxsize=32)  # an entry: 20 bytes per output index of the axis
+@functools.lru_cache(maxsize=256)
 def _composed_axis(n_low: int, image_size: int, crop: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Along one axis, low-res n_low → image_size, keep the first `crop`, → n_out, as one filter: the first of
     three consecutive low-res indices per output (n_out,) int64 and their weights (3, n_out) float32. Three taps
