@@ -37,10 +37,14 @@ from ls_harness import (  # benchmarks/ is on the path from here on
     wait_for_prediction,
 )
 
-__all__ = ["DATA", "EVERYTHING_TEST_ENV", "LABEL_CONFIG", "OFFLINE_ENV", "REPO", "TOKEN", "LabelStudio", "Nginx",
-           "Served", "SlowClients", "free_port", "in_ci", "keypoint", "label_studio_env", "label_studio_executable",
+__all__ = ["DATA", "EVERYTHING_TEST_ENV", "LABEL_CONFIG", "OFFLINE_ENV", "REPO", "SAME_ARITHMETIC_AS_PARITY_PREDICTOR",
+           "TOKEN", "LabelStudio", "Nginx", "Served", "SlowClients", "free_port", "in_ci", "keypoint", "label_studio_env", "label_studio_executable",
            "nginx_binary", "predict_body", "random_image", "rectangle", "replica_config", "require", "serve",
            "start_label_studio", "wait_for_prediction"]
+
+# A served model whose masks are compared pixel for pixel with the `parity_predictor` fixture (fp32 of the engine
+# `auto` picks): the same precision, since on a CPU with native bf16 `auto` would serve bf16.
+SAME_ARITHMETIC_AS_PARITY_PREDICTOR = {"TINYSAM_PRECISION": "fp32"}
 
 # Random-weight models predict low IoUs and unstable masks: let everything-mode masks through its filters.
 EVERYTHING_TEST_ENV = {"TINYSAM_LS_BATCH_POINTS_PER_SIDE": "4", "TINYSAM_LS_BATCH_PRED_IOU_THRESH": "0.0",

@@ -11,7 +11,15 @@ import json
 import numpy as np
 import pytest
 import requests
-from ls_helpers import LABEL_CONFIG, free_port, keypoint, predict_body, rectangle, serve
+from ls_helpers import (
+    LABEL_CONFIG,
+    SAME_ARITHMETIC_AS_PARITY_PREDICTOR,
+    free_port,
+    keypoint,
+    predict_body,
+    rectangle,
+    serve,
+)
 from PIL import Image
 
 MAX_BODY = 65536
@@ -30,7 +38,7 @@ def server(parity_checkpoint, media_dir, tmp_path_factory):
     env = {"LABEL_STUDIO_MEDIA_DIR": str(media_dir), "TINYSAM_LS_MAX_BODY_BYTES": str(MAX_BODY),
            # Label Studio "down": files not in the media directory are fetched from a closed port.
            "LABEL_STUDIO_URL": f"http://127.0.0.1:{free_port()}", "LABEL_STUDIO_API_KEY": "k" * 40,
-           "TINYSAM_LS_FETCH_TIMEOUT": "2"}
+           "TINYSAM_LS_FETCH_TIMEOUT": "2", **SAME_ARITHMETIC_AS_PARITY_PREDICTOR}
     served = serve(parity_checkpoint, env, tmp_path_factory.mktemp("serve") / "gunicorn.log", threads=2)
     served.initial_workers = served.worker_pids()
     yield served

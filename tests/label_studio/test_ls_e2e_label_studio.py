@@ -19,6 +19,7 @@ from ls_helpers import (
     EVERYTHING_TEST_ENV,
     LABEL_CONFIG,
     OFFLINE_ENV,
+    SAME_ARITHMETIC_AS_PARITY_PREDICTOR,
     TOKEN,
     keypoint,
     label_studio_env,
@@ -52,7 +53,7 @@ def label_studio(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backend(label_studio, parity_checkpoint, tmp_path_factory):
     env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": TOKEN, "TINYSAM_LS_PREANNOTATE": "background",
-           **EVERYTHING_TEST_ENV}
+           **EVERYTHING_TEST_ENV, **SAME_ARITHMETIC_AS_PARITY_PREDICTOR}
     served = serve(parity_checkpoint, env, tmp_path_factory.mktemp("backend") / "gunicorn.log")
     yield served
     served.stop()
