@@ -83,6 +83,148 @@ def test_grid_search_finds_grid_optimum_scalar_and_grouped():
         (grid - 0.3).abs().argmin()]))
 
 
+def _recorded_point(kind: str, module, n: int = 96):
+    """A QuantPoint with n recorded samples of `module` as the recorder keeps them (patches / rows / pixels)."""
+    import torch.nn.functional as F
+
+    from tinysam_backend.quantization.points import QuantPoint
+
+    g = torch.Generator().manual_seed(1)
+    if kind == "conv":
+        x = torch.randn(n, module.in_channels, *module.kernel_size, generator=g)
+        o = module(x).flatten(1)
+    elif kind == "conv_transpose":
+        x = torch.randn(n, module.in_channels, 1, 1, generator=g)
+        o = module(x)
+    else:
+        x = torch.randn(n, module.in_features, generator=g)
+        o = F.linear(x, module.weight, module.bias)
+    o = o.detach()
+    pt = QuantPoint("p", kind, module, "encoder")
+    pt.x, pt.o, pt.h = [x], [o], [torch.rand(o.shape, generator=g)]
+    pt.x_max, pt.o_max = float(x.abs().max()), float(o.abs().max())
+    return pt
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "depthwise", "conv_transpose"])
+def test_search_layer_picks_the_grid_optimum_of_the_plain_float_error(kind):
+    """One round with 7 candidates visits every candidate, so each scale must be the exhaustive optimum of the
+    Hessian-weighted output error computed here in plain float (fake-quantized tensors, torch's own layer)."""
+    import torch.nn.functional as F
+
+    from tinysam_backend.quantization.calibrate import CalibrationConfig
+    from tinysam_backend.quantization.fake_quant import fake_quant, fake_quant_weight
+    from tinysam_backend.quantization.scale_search import candidate_ratios, search_layer
+
+    torch.manual_seed(0)
+    module = {"linear": torch.nn.Linear(24, 10), "conv": torch.nn.Conv2d(6, 8, 3),
+              "depthwise": torch.nn.Conv2d(8, 8, 3, groups=8), "conv_transpose": torch.nn.ConvTranspose2d(6, 4, 2, 2)}[kind]
+    pt = _recorded_point("linear" if kind == "linear" else "conv_transpose" if kind == "conv_transpose" else "conv",
+                         module)
+    x, o, h, w, b = pt.x[0], pt.o[0], pt.h[0], module.weight.detach(), module.bias.detach()
+    axis = {"linear": None, "conv_transpose": 1}.get(kind, 0)
+
+    def f(xq, wq):
+        if kind == "linear":
+            return F.linear(xq, wq, b)
+        if kind == "conv_transpose":
+            return F.conv_transpose2d(xq, wq, b, 2)
+        return F.conv2d(xq, wq, b, groups=module.groups).flatten(1)
+
+    cfg = CalibrationConfig(candidates=6, rounds=1)
+    grid = candidate_ratios(cfg)
+    assert len(grid) == 7
+    scales, info = search_layer(pt, cfg)
+    with torch.no_grad():
+        w_max = w.abs().max() if axis is None else w.abs().transpose(0, axis).flatten(1).amax(1)
+        wq0 = fake_quant_weight(w, w_max / 127, axis)
+        errs = torch.stack([((f(fake_quant(x, a * pt.x_max / 127), wq0) - o).square() * h).sum() for a in grid])
+        s_x = grid[int(errs.argmin())] * pt.x_max / 127
+        assert scales.input == pytest.approx(float(s_x), rel=1e-6)
+        xq = fake_quant(x, s_x)
+        if axis is None:
+            errs = torch.stack([((f(xq, fake_quant_weight(w, a * w_max / 127, None)) - o).square() * h).sum()
+                                for a in grid])
+            s_w = grid[int(errs.argmin())] * w_max / 127
+        else:  # per output channel, independently
+            dims = tuple(d for d in range(o.ndim) if d != 1)
+            errs = torch.stack([((f(xq, fake_quant_weight(w, a * w_max / 127, axis)) - o).square() * h).sum(dims)
+                                for a in grid])
+            s_w = grid[errs.argmin(0)] * w_max / 127
+        np.testing.assert_allclose(scales.weight, s_w.numpy(), rtol=1e-6)
+        y = f(xq, fake_quant_weight(w, s_w, axis))
+        final = y
+        if kind != "linear":
+            errs = torch.stack([((fake_quant(y, a * pt.o_max / 127) - o).square() * h).sum() for a in grid])
+            s_o = grid[int(errs.argmin())] * pt.o_max / 127
+            assert scales.output == pytest.approx(float(s_o), rel=1e-6)
+            final = fake_quant(y, s_o)
+        assert info["distortion"] == pytest.approx(float(((final - o).square() * h).sum()), rel=1e-4)
+        assert info["distortion"] <= info["distortion_max_abs_scales"]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_search_attention_picks_the_grid_optimum_of_the_plain_float_error(bias):
+    """q → k → p → v, one round, 7 candidates (all visited): each per-head scale is the exhaustive optimum of the
+    weighted error of the product computed here in plain float, over two recorded calls."""
+    from tinysam_backend.quantization.calibrate import CalibrationConfig
+    from tinysam_backend.quantization.fake_quant import fake_quant
+    from tinysam_backend.quantization.points import QuantPoint
+    from tinysam_backend.quantization.scale_search import candidate_ratios, search_attention
+
+    g = torch.Generator().manual_seed(2)
+    heads, nq, nk, c, scale = 3, 5, 9, 4, 0.5
+    pt = QuantPoint("a", "attention", torch.nn.Identity(), "encoder")
+    for _ in range(2):  # two calibration calls
+        q, k, v = (torch.randn(2, heads, n, c, generator=g) for n in (nq, nk, nk))
+        b = torch.randn(heads, nq, nk, generator=g) if bias else None
+        logits = q @ k.transpose(-2, -1) * scale + (0 if b is None else b)
+        o = logits.softmax(-1) @ v
+        pt.x.append((q, k, v))
+        pt.extra.append((b, scale))
+        pt.o.append(o)
+        pt.h.append(torch.rand(o.shape, generator=g))
+        for key, t in (("q", q), ("k", k), ("p", logits.softmax(-1)), ("v", v)):
+            m = t.abs().amax(dim=(0, 2, 3))
+            pt.head_max[key] = torch.maximum(pt.head_max.get(key, m), m)
+    cfg = CalibrationConfig(candidates=6, rounds=1)
+    grid = candidate_ratios(cfg)
+    scales, info = search_attention(pt, cfg)
+    grids = {"q": (-128, 127), "k": (-64, 63), "p": (0, 255), "v": (-64, 63)}
+    s = {key: pt.head_max[key] / hi for key, (_, hi) in grids.items()}
+
+    def error(sc) -> torch.Tensor:  # (heads,)
+        def fq(t, key):
+            return fake_quant(t, sc[key].view(1, -1, 1, 1), *grids[key])
+        total = torch.zeros(heads)
+        for (q, k, v), (b, _), o, h in zip(pt.x, pt.extra, pt.o, pt.h):
+            logits = fq(q, "q") @ fq(k, "k").transpose(-2, -1) * scale + (0 if b is None else b)
+            total += ((fq(logits.softmax(-1), "p") @ fq(v, "v") - o).square() * h).sum(dim=(0, 2, 3))
+        return total
+
+    for key in ("q", "k", "p", "v"):
+        errs = torch.stack([error({**s, key: a * pt.head_max[key] / grids[key][1]}) for a in grid])  # (7, heads)
+        s[key] = grid[errs.argmin(0)] * pt.head_max[key] / grids[key][1]
+    found = {"q": scales.input, **scales.extra}
+    for key, expected in s.items():
+        np.testing.assert_allclose(found[key], expected.numpy(), rtol=1e-6, err_msg=key)
+    assert info["distortion"] == pytest.approx(float(error(s).sum()), rel=1e-4)
+
+
+@pytest.mark.parametrize(("k", "stride", "pad"), [(3, 2, 1), (3, 1, 1), (1, 1, 0), (3, 2, 0)])
+def test_conv_patches_are_the_unfolded_input_windows(k, stride, pad):
+    import torch.nn.functional as F
+
+    from tinysam_backend.quantization.recorder import conv_patches
+
+    x = torch.randn(2, 5, 11, 9, generator=torch.Generator().manual_seed(3))
+    cols = F.unfold(x, k, padding=pad, stride=stride)  # (B, C·k·k, Ho·Wo)
+    ho, wo = (11 + 2 * pad - k) // stride + 1, (9 + 2 * pad - k) // stride + 1
+    bi, ii, jj = torch.tensor([0, 1, 1, 0]), torch.tensor([0, ho - 1, 2, ho // 2]), torch.tensor([wo - 1, 0, 1, 3])
+    expected = cols[bi, :, ii * wo + jj].view(4, 5, k, k)
+    assert torch.equal(conv_patches(x, bi, ii, jj, k, stride, pad), expected)
+
+
 def test_attention_observer_sees_the_forward_products():
     """The observer gets the real intermediates (checked against PyTorch's own attention) and changes nothing."""
     import torch.nn.functional as F

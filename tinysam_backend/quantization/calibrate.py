@@ -33,13 +33,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..modeling.sam import Sam
-from .points import quantization_points
+from .points import QuantPoint, quantization_points
 from .qdq import PointScales
 from .recorder import collect_calibration_data
 from .scale_search import search_attention, search_layer
@@ -80,16 +81,45 @@ def calibrate_scales(sam: Sam, images: Sequence[np.ndarray], encoder_nodes: set[
     t0 = time.perf_counter()
     collect_calibration_data(sam, images, points, cfg)
     t1 = time.perf_counter()
-    scales: dict[str, PointScales] = {}
-    report: dict[str, dict] = {}
-    with torch.no_grad():
-        for pt in points:
-            if not pt.x:
-                raise ValueError(f"quantization point {pt.name} saw no data during calibration")
-            sc, info = (search_attention if pt.kind == "attention" else search_layer)(pt, cfg)
-            scales[pt.name] = sc
-            report[pt.name] = {"graph": pt.graph, "kind": pt.kind, **info}
-            pt.x, pt.o, pt.h, pt.extra = [], [], [], []  # free memory as we go
+    for pt in points:
+        if not pt.x:
+            raise ValueError(f"quantization point {pt.name} saw no data during calibration")
+    found = search_scales(points, cfg)
     logger.info("calibration: recording %.1f s, search %.1f s over %d points", t1 - t0, time.perf_counter() - t1,
                 len(points))
+    scales = {pt.name: found[pt.name][0] for pt in points}
+    report = {pt.name: {"graph": pt.graph, "kind": pt.kind, **found[pt.name][1]} for pt in points}
     return scales, report
+
+
+def search_scales(points: list[QuantPoint], cfg: CalibrationConfig, workers: int | None = None
+                  ) -> dict[str, tuple[PointScales, dict]]:
+    """The scale search of every point ({name: (scales, report)}), `workers` points at a time (default: torch's
+    intra-op thread count), each on one thread.
+
+    The points are independent, and one thread per point keeps each search's blocks in that core's cache with no
+    synchronisation between threads (torch releases the GIL inside its kernels); torch's own intra-op threads
+    are set to 1 meanwhile and restored after. Largest points first, so that the threads finish together. Each
+    point's recorded samples are released once searched.
+    """
+    workers = workers or torch.get_num_threads()
+
+    def search(pt: QuantPoint) -> tuple[str, tuple[PointScales, dict]]:
+        with torch.inference_mode():  # grad mode is per thread
+            found = (search_attention if pt.kind == "attention" else search_layer)(pt, cfg)
+        pt.x, pt.o, pt.h, pt.extra = [], [], [], []
+        return pt.name, found
+
+    def size(pt: QuantPoint) -> int:
+        return sum(t.numel() for chunk in pt.x for t in (chunk if isinstance(chunk, tuple) else (chunk,)))
+
+    order = sorted(points, key=size, reverse=True)
+    if workers == 1:
+        return dict(map(search, order))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scale-search") as pool:
+            return dict(pool.map(search, order))
+    finally:
+        torch.set_num_threads(threads)

@@ -15,8 +15,11 @@ INT8_MAX = 127
 
 
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, lo: int = -128, hi: int = INT8_MAX) -> torch.Tensor:
-    """Symmetric quantize-dequantize: clamp(round(x / s), lo, hi) · s (round half to even, as ONNX)."""
-    return torch.clamp(torch.round(x / scale), lo, hi) * scale
+    """Symmetric quantize-dequantize: clamp(round(x / s), lo, hi) · s (round half to even, as ONNX).
+
+    One new tensor (the quotient), then rounded, clamped and rescaled in place: the scale search calls this on
+    every candidate, and the three extra temporaries of the out-of-place form cost as much as the arithmetic."""
+    return torch.div(x, scale).round_().clamp_(lo, hi).mul_(scale)
 
 
 def fake_quant_weight(w: torch.Tensor, scale: torch.Tensor, axis: int | None) -> torch.Tensor:
