@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Settings
+from .engines import add_engine_arguments, engine_options
 from .errors import TinySAMError
 from .masks import DEFAULT_PROMPTS_PER_BATCH
 
@@ -157,6 +159,7 @@ def evaluate_coco(images_dir, annotations, boxes, *, checkpoint=None, predictor=
 
 
 def cmd_eval_coco(args: argparse.Namespace, settings: Settings) -> int:
+    settings = dataclasses.replace(settings, **engine_options(args))  # --device/--engine/--precision over the env
     out = evaluate_coco(args.images, args.annotations, args.boxes, checkpoint=args.checkpoint,
                         max_images=args.max_images, min_score=args.min_score, boxes_per_batch=args.boxes_per_batch,
                         results_out=args.results_out, settings=settings)
@@ -181,4 +184,5 @@ def register_cli(subparsers) -> None:
     p.add_argument("--boxes-per-batch", type=int, default=DEFAULT_PROMPTS_PER_BATCH, help="box prompts decoded at once")
     p.add_argument("--results-out", help="write the mask results (COCO results JSON) here")
     p.add_argument("--json", help="write the stats as JSON here")
+    add_engine_arguments(p)
     p.set_defaults(func=cmd_eval_coco)
