@@ -1,6 +1,6 @@
 """Inference engines side by side in one run: image-encoder time, accuracy against fp32, and a click.
 
-    python benchmarks/engine_bench.py [--checkpoint CKPT] [--int8 DIR] [--nncf] [--runs 3]
+    python benchmarks/engine_bench.py [--checkpoint CKPT] [--int8 DIR] [--nncf] [--official DIR] [--runs 3]
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/engine_bench.py   # an AVX2-only host
 
 Rows (each encoder timed interleaved with the others, medians after one warm-up, 1024² input): our PyTorch fp32
@@ -10,11 +10,19 @@ fp32, and with --int8 the int8 artifact in ONNX Runtime and in OpenVINO (our sca
 Also: what `load_model(..., "auto")` picks here, its ratio to PyTorch fp32, every non-fp32 row's best-mask IoU
 against PyTorch fp32 over the parity prompts (mean and worst; target mean >= 0.97, worst >= 0.90) and a click with
 a cached embedding through the auto model (low-rank decoder). Prints the CPU flags and the ISA cap in force.
+--official DIR (a checkout of github.com/xinghaochen/TinySAM, imported as `everything_vs_official.py` does) adds the
+official image encoder in PyTorch fp32 on the same weights, timed in the same interleaved rounds: the first row of
+the issue's table, and the ratio of every row to it.
+
+On an AVX-512 host `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2` caps oneDNN
+(PyTorch's convolutions, OpenVINO), ATen's own kernels and MKL's GEMMs at AVX2; ONNX Runtime's MLAS kernels have no
+such cap and still use what the CPU has, so its rows there are not an AVX2 host's.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -26,6 +34,7 @@ from bench_env import interleaved, mask_iou  # benchmarks/ is on sys.path when r
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY = REPO.parent / "shared" / "parity"
+OFFICIAL = "official TinySAM, PyTorch fp32"
 CASES = ("point", "points_pos_neg", "box", "box_point", "refine_with_mask_input")
 
 
@@ -89,6 +98,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default=str(PARITY / "tinysam_random_weights.pth"))
     p.add_argument("--int8", help="an int8 artifact directory of `tinysam quantize` (same checkpoint)")
     p.add_argument("--nncf", action="store_true", help="add NNCF's default PTQ in OpenVINO (needs nncf)")
+    p.add_argument("--official", help="a checkout of github.com/xinghaochen/TinySAM: time its encoder too")
     p.add_argument("--runs", type=int, default=3)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -102,7 +112,7 @@ def main() -> None:
     images = {n: array_to_rgb(getattr(skimage.data, n)()) for n in manifest["images"]}
     ckpt = Path(args.checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Settings(cache_dir=Path(tmp))
+        cache = dataclasses.replace(settings, cache_dir=Path(tmp))  # keeps the ISA cap: auto decides by it
         models = {"pytorch fp32": EngineSam(load_torch_model(ckpt)).eval(),
                   "openvino fp32": load_model(ckpt, settings=cache, device="cpu", engine="openvino", precision="fp32"),
                   "onnxruntime fp32": load_model(ckpt, settings=cache, engine="onnxruntime", precision="fp32")}
@@ -119,14 +129,25 @@ def main() -> None:
             models["openvino int8 (NNCF default PTQ)"] = EngineSam(load_torch_model(ckpt), enc).eval()
         auto = load_model(ckpt, settings=cache)
         x = torch.randn(1, 3, 1024, 1024)
+        timed = {k: (lambda m=m: m.encode_image(x)) for k, m in models.items()}
+        if args.official:
+            from everything_vs_official import NmsRecorder, import_official
+
+            official = import_official(Path(args.official).resolve(), NmsRecorder())[0]
+            official_sam = official.sam_model_registry["vit_t"](checkpoint=str(ckpt)).eval()
+            timed[OFFICIAL] = lambda: official_sam.image_encoder(x)
         with torch.inference_mode():
-            enc = interleaved({k: (lambda m=m: m.encode_image(x)) for k, m in models.items()}, args.runs)
+            enc = interleaved(timed, args.runs)
         base = enc["pytorch fp32"]
         auto_key = f"{auto.engine_info['engine']} {auto.engine_info['precision']}"
         print(f"\nauto picks: {auto.engine_info['engine']} {auto.engine_info['precision']} on "
               f"{auto.engine_info['device']} ({auto.engine_info['reason']})")
-        print("\n| image encoder | seconds | vs our PyTorch fp32 | best-mask IoU vs fp32 (mean / worst) |")
-        print("|---|---|---|---|")
+        vs_official = OFFICIAL in enc
+        print("\n| image encoder | seconds | vs our PyTorch fp32 |" + (" vs official PyTorch fp32 |" if vs_official else "")
+              + " best-mask IoU vs fp32 (mean / worst) |")
+        print("|---|---|---|" + ("---|" if vs_official else "") + "---|")
+        if vs_official:
+            print(f"| {OFFICIAL} | {enc[OFFICIAL]:.3f} | {base / enc[OFFICIAL]:.2f}x | 1.00x | (not compared) |")
         reference = Predictor(models["pytorch fp32"])
         for k, m in models.items():
             acc = "(reference)"
@@ -134,7 +155,8 @@ def main() -> None:
                 mean, worst = _accuracy(reference, Predictor(m), images)
                 acc = f"{mean:.4f} / {worst:.4f}"
             mark = " **(auto)**" if k == auto_key else ""
-            print(f"| {k}{mark} | {enc[k]:.3f} | {base / enc[k]:.2f}x | {acc} |")
+            ratio = f" {enc[OFFICIAL] / enc[k]:.2f}x |" if vs_official else ""
+            print(f"| {k}{mark} | {enc[k]:.3f} | {base / enc[k]:.2f}x |{ratio} {acc} |")
         if nncf_seconds is not None:
             print(f"\nNNCF quantize (statistics + bias correction, {len(default_calibration_images())} images): "
                   f"{nncf_seconds:.1f} s")

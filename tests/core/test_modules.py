@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tinysam_backend.modeling import VARIANTS, build_sam
-from tinysam_backend.modeling.image_encoder_tinyvit import TinyViTBlock, WindowAttention
+from tinysam_backend.modeling.image_encoder_tinyvit import TinyViTBlock, WindowAttention, split_first_copy
 from tinysam_backend.modeling.prompt_encoder import PositionEmbeddingRandom, PromptEncoder
 
 
@@ -36,6 +36,36 @@ def test_tiny_tinyvit_encoder_shape(tiny_model):
     torch.testing.assert_close(out[1:], alone, atol=1e-5, rtol=1e-5)  # eval mode: images do not mix in a batch
     assert (out[0] - out[1]).abs().max() > 1e-2  # and different images give different embeddings
     _assert_neck_normalised(tiny_model, out)
+
+
+def test_export_form_of_window_attention_gives_the_same_q_k_v_and_output(tiny_model):
+    """`split_first_copy` (what the ONNX export traces) reorders each qkv layer's rows and splits before transposing:
+    every attention sees the same q, k, v, the encoder gives the same embedding, the model itself is untouched."""
+    encoder = tiny_model.image_encoder
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    export = split_first_copy(encoder)
+    attns = [m for m in encoder.modules() if isinstance(m, WindowAttention)]
+    copies = [m for m in export.modules() if isinstance(m, WindowAttention)]
+    assert attns and len(attns) == len(copies) and all(m.qkv_split_first for m in copies)
+    assert not any(m.qkv_split_first for m in attns)
+    for k, v in encoder.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    seen: dict[int, list[dict]] = {0: [], 1: []}
+    for i, group in enumerate((attns, copies)):
+        for m in group:
+            m.observer = lambda store=seen[i], **kw: store.append({k: kw[k].clone() for k in ("q", "k", "v")})
+    x = torch.randn(1, 3, 256, 256)
+    try:
+        with torch.no_grad():
+            out, out_export = encoder(x), export(x)
+    finally:
+        for m in attns + copies:
+            m.observer = None
+    assert len(seen[0]) == len(seen[1]) == len(attns)
+    for a, b in zip(seen[0], seen[1]):
+        for key in ("q", "k", "v"):
+            torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out_export, out, atol=1e-5, rtol=1e-5)
 
 
 def test_tiny_vit_encoder_shape():

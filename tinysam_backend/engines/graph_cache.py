@@ -20,7 +20,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-GRAPH_FORMAT = 1
+GRAPH_FORMAT = 2  # 2: window attentions split q, k, v before transposing (`qkv_split_first`)
 MANIFEST = "graph.json"
 _CHUNK = 1 << 22
 

@@ -102,6 +102,11 @@ class WindowAttention(nn.Module):
     """
 
     observer: Callable[..., None] | None = None
+    # Export form (`qkv_split_first`): the rows of `qkv` reordered head-interleaved → [q | k | v] so that the graph
+    # splits its output on the last axis before any transpose. Same products, same values; OpenVINO then runs the
+    # split as a plain slice instead of its reference VariadicSplit over a transposed tensor (6 % of the int8
+    # encoder). Set only on the copy that `quantization.export.export_image_encoder` traces.
+    qkv_split_first: bool = False
 
     def __init__(self, dim: int, num_heads: int, window: int) -> None:
         super().__init__()
@@ -124,7 +129,13 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         x = self.norm(x)
-        q, k, v = self.qkv(x).view(b, n, self.num_heads, 3 * self.key_dim).permute(0, 2, 1, 3).split(self.key_dim, dim=3)
+        if self.qkv_split_first:
+            qkv, c = self.qkv(x), self.num_heads * self.key_dim
+            q, k, v = (qkv[:, :, i * c:(i + 1) * c].reshape(b, n, self.num_heads, self.key_dim).transpose(1, 2)
+                       for i in range(3))
+        else:
+            q, k, v = self.qkv(x).view(b, n, self.num_heads, 3 * self.key_dim).permute(0, 2, 1, 3).split(
+                self.key_dim, dim=3)
         # Explicit attention, in place where possible: on the CPU, scaled_dot_product_attention with a float
         # mask takes its math path plus a scan of the mask for -inf rows (≈ 6% of the encoder's time). The ONNX
         # export traces this form too: its two MatMuls are where quantization puts per-head int8 products.
@@ -136,6 +147,26 @@ class WindowAttention(nn.Module):
         if self.observer is not None:
             self.observer(q=q, k=k, v=v, bias=bias, probs=probs, out=out)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+def split_first_copy(encoder: nn.Module) -> nn.Module:
+    """A copy of `encoder` whose window attentions compute q, k, v in the export form (`qkv_split_first`): each
+    `qkv` layer's rows permuted from per-head (q_h, k_h, v_h) to (all q, all k, all v). Module names are kept, so
+    quantization points and ONNX node names stay the same."""
+    import copy
+
+    if not any(isinstance(m, WindowAttention) for m in encoder.modules()):
+        return encoder
+    out = copy.deepcopy(encoder)
+    for m in out.modules():
+        if isinstance(m, WindowAttention) and not m.qkv_split_first:
+            h, kd = m.num_heads, m.key_dim
+            perm = torch.arange(3 * h * kd, device=m.qkv.weight.device).view(h, 3, kd).transpose(0, 1).reshape(-1)
+            with torch.no_grad():
+                m.qkv.weight.copy_(m.qkv.weight[perm])
+                m.qkv.bias.copy_(m.qkv.bias[perm])
+            m.qkv_split_first = True
+    return out
 
 
 class TinyViTMlp(nn.Module):

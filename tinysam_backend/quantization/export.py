@@ -45,7 +45,9 @@ class ImageEncoderGraph(nn.Module):
 
     def __init__(self, sam: Sam) -> None:
         super().__init__()
-        self.image_encoder = sam.image_encoder
+        from ..modeling.image_encoder_tinyvit import split_first_copy
+
+        self.image_encoder = split_first_copy(sam.image_encoder)  # the module names of `sam`, q/k/v split first
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.image_encoder(image)
