@@ -210,7 +210,9 @@ class TinyViTBlock(nn.Module):
             y = y.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
             y = y[:, :h, :w].reshape(b, n, c)
         x = x + y
-        x = self.local_conv(x.transpose(1, 2).reshape(b, c, h, w)).view(b, c, n).transpose(1, 2)
+        # Tokens (B, H·W, C) seen as a channels-last image: the depthwise convolution runs channels-last and its
+        # output is already in token order (no copies in PyTorch; OpenVINO folds both transposes into the layout).
+        x = self.local_conv(x.view(b, h, w, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, n, c)
         return x + self.mlp(x)
 
 
