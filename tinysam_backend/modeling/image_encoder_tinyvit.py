@@ -102,10 +102,11 @@ class WindowAttention(nn.Module):
     """
 
     observer: Callable[..., None] | None = None
-    # Export form (`qkv_split_first`): the rows of `qkv` reordered head-interleaved → [q | k | v] so that the graph
-    # splits its output on the last axis before any transpose. Same products, same values; OpenVINO then runs the
-    # split as a plain slice instead of its reference VariadicSplit over a transposed tensor (6 % of the int8
-    # encoder). Set only on the copy that `quantization.export.export_image_encoder` traces.
+    # Export form (`qkv_split_first`): the rows of `qkv` reordered head-interleaved → [q | k | v], so that q, k, v
+    # come out of one transpose of the (3, heads) axes and a split of the outermost axis. Same products, same
+    # values; OpenVINO then splits in place instead of running its reference VariadicSplit over the innermost axis
+    # of a transposed tensor (6 % of the int8 encoder). Set only on the copy that
+    # `quantization.export.export_image_encoder` traces.
     qkv_split_first: bool = False
 
     def __init__(self, dim: int, num_heads: int, window: int) -> None:
@@ -130,9 +131,7 @@ class WindowAttention(nn.Module):
         b, n, _ = x.shape
         x = self.norm(x)
         if self.qkv_split_first:
-            qkv, c = self.qkv(x), self.num_heads * self.key_dim
-            q, k, v = (qkv[:, :, i * c:(i + 1) * c].reshape(b, n, self.num_heads, self.key_dim).transpose(1, 2)
-                       for i in range(3))
+            q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.key_dim).permute(2, 0, 3, 1, 4).unbind(0)
         else:
             q, k, v = self.qkv(x).view(b, n, self.num_heads, 3 * self.key_dim).permute(0, 2, 1, 3).split(
                 self.key_dim, dim=3)
