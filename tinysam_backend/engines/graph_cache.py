@@ -20,7 +20,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-GRAPH_FORMAT = 2  # 2: window attentions split q, k, v before transposing (`qkv_split_first`)
+GRAPH_FORMAT = 3  # 3: export form of window attention (`qkv_split_first`), channels-last local conv and downsample
 MANIFEST = "graph.json"
 _CHUNK = 1 << 22
 
