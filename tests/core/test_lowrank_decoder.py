@@ -123,3 +123,23 @@ def test_unsupported_models_are_named_and_fall_back(tiny_model):
     assert "float16" in unsupported_reason(half)
     with pytest.raises(ValueError, match="point or box"):
         LowRankDecoder(tiny_model, torch.randn(1, tiny_model.mask_decoder.transformer_dim, 16, 16)).decode(mask_input=torch.zeros(1, 1, 64, 64))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_mask_heads_of_the_first_token_rows_equal_those_rows_of_the_whole_grid(parity_model, batch):
+    """`masks(..., token_rows=r)` (the everything mode skips the padding rows its crop never reads) computes the
+    blocks that cover those rows exactly as for the whole grid: the same logits, bit for bit."""
+    torch.manual_seed(batch)
+    dec = LowRankDecoder(parity_model, torch.randn(1, 256, 64, 64))
+    coords = torch.rand(batch, 1, 2, dtype=torch.float64) * 1000
+    labels = torch.ones(batch, 1, dtype=torch.int64)
+    with torch.inference_mode():
+        sparse, _ = parity_model.prompt_encoder((coords, labels), None, None)
+        queries, point_embedding, tok = dec.layers(sparse)
+        hs = dec.final(queries[:, 2:5], point_embedding[:, 2:5], tok)
+        hyper = dec.hypernetworks(hs)
+        whole = dec.masks(hyper, tok)
+        for rows in (43, 1, 64):
+            cut = dec.masks(hyper, tok, token_rows=rows)
+            assert cut.shape == (batch, 3, 4 * rows, 256)
+            assert torch.equal(cut, whole[:, :, : 4 * rows])

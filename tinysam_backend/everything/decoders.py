@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 class DecodedPrompts(Protocol):
     iou: np.ndarray  # (B, 3) float32
 
-    def low_res(self, flat_index: np.ndarray) -> torch.Tensor:
-        """(K, 256, 256) float32 logits of masks `flat_index` (= prompt * 3 + mask)."""
+    def low_res(self, flat_index: np.ndarray, rows: int | None = None) -> torch.Tensor:
+        """(K, R, 256) float32 logits of masks `flat_index` (= prompt * 3 + mask): R = 256, or with `rows` at least
+        the first `rows` rows (a decoder may skip the rows below, which the caller's crop never reads)."""
 
 
 class PointDecoder(Protocol):
@@ -43,7 +44,7 @@ class _AllLogits:
         self.logits = low_res.reshape(-1, *low_res.shape[-2:])
         self.iou = iou.float().cpu().numpy()
 
-    def low_res(self, flat_index: np.ndarray) -> torch.Tensor:
+    def low_res(self, flat_index: np.ndarray, rows: int | None = None) -> torch.Tensor:
         return self.logits[torch.as_tensor(np.asarray(flat_index), dtype=torch.long, device=self.logits.device)]
 
 
@@ -77,8 +78,9 @@ class _LowRankPrompts:
         gh, gw = decoder.ctx.grid
         self.mask_shape = (4 * gh, 4 * gw)
 
-    def low_res(self, flat_index: np.ndarray) -> torch.Tensor:
+    def low_res(self, flat_index: np.ndarray, rows: int | None = None) -> torch.Tensor:
         flat_index = np.asarray(flat_index, dtype=np.int64)
+        token_rows = None if rows is None else -(-int(rows) // 4)  # 4 low-res rows per token row
         prompts, inverse = np.unique(flat_index // 3, return_inverse=True)
         mask_tokens = list(range(2, 1 + self.decoder.model.mask_decoder.num_mask_tokens))
         out = []
@@ -87,8 +89,9 @@ class _LowRankPrompts:
                 sel = torch.as_tensor(prompts[start:start + HEAD_CHUNK], device=self.decoder.ctx.device)
                 tok = self.tok.take(sel)
                 hs = self.decoder.final(self.queries[sel][:, mask_tokens], self.point_embedding[sel][:, mask_tokens], tok)
-                out.append(self.decoder.masks(self.decoder.hypernetworks(hs), tok))
-            masks = torch.cat(out).reshape(-1, *self.mask_shape)  # (P·3, 256, 256)
+                out.append(self.decoder.masks(self.decoder.hypernetworks(hs), tok, token_rows))
+            masks = torch.cat(out)
+            masks = masks.reshape(-1, *masks.shape[-2:])  # (P·3, R, 256)
         return masks[torch.as_tensor(inverse.reshape(-1) * 3 + flat_index % 3, device=masks.device)]
 
 

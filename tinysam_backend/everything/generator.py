@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..masks import MASK_THRESHOLD, decode_rle, encode_rle, encode_rle_transposed, stability_score
+from ..transforms import low_res_extent, upscale_to_input_frame
 from .decoders import PointDecoder, make_point_decoder, splits_into_threads
 from .params import DECODERS, MODES, EverythingParams
 from .point_grids import cell_centre_grid, second_round_points
@@ -118,15 +119,20 @@ class _Geometry:
         out[:, 1] *= ih / h
         return out
 
+    @property
+    def low_res_rows(self) -> int:
+        """Rows of the low-res logits (image_size / 4 of them) that the crop to the resized image reads."""
+        return low_res_extent(self.image_size // 4, self.image_size, self.input_size)[0]
+
     def upscale_transposed(self, low_res: torch.Tensor) -> np.ndarray:
         """(K, 256, 256) logits → (K, W, H) float32 logits in original pixels, transposed.
 
         Bilinear to the input frame, crop to the resized image, bilinear to the original size — done on
-        the transposed logits so that the result is already in the column-major layout COCO RLE wants.
+        the transposed logits so that the result is already in the column-major layout COCO RLE wants. Only the
+        low-res rows the crop reads are used (`low_res_rows`), so logits cut below them are accepted.
         """
         x = low_res.transpose(-1, -2).unsqueeze(1).float()
-        x = F.interpolate(x, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        x = x[..., : self.input_size[1], : self.input_size[0]]
+        x = upscale_to_input_frame(x, self.image_size, (self.input_size[1], self.input_size[0]))
         if tuple(self.input_size) != tuple(self.original_size):
             x = F.interpolate(x, (self.original_size[1], self.original_size[0]), mode="bilinear", align_corners=False)
         return x[:, 0].contiguous().cpu().numpy()
@@ -169,7 +175,7 @@ def _filter_masks(decoded, points: np.ndarray, geometry: _Geometry, params: Ever
     parts = []
     for start in range(0, flat.size, chunk):
         idx = flat[start:start + chunk]
-        logits_t = geometry.upscale_transposed(decoded.low_res(idx))  # (k, W, H)
+        logits_t = geometry.upscale_transposed(decoded.low_res(idx, geometry.low_res_rows))  # (k, W, H)
         parts.append(_stable_candidates(idx, logits_t, iou, points, params, high))
     return MaskCandidates.concat(parts)
 

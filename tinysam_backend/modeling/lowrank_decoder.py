@@ -25,7 +25,8 @@ convolution from 16 channels, so its dense embedding is F minus the "no mask" em
 Two more savings, also exact: the last token-to-image attention only for the tokens whose outputs are used
 (IoU token and the three multimask tokens; in the everything mode first the IoU token alone), and the mask
 tokens' last attention and the upscaling heads only for prompts with a mask asked for (the everything mode's
-point decoder, `everything/decoders.py`, runs them after its IoU filter); a click (`decode(..., best_only=True)`) runs the
+point decoder, `everything/decoders.py`, runs them after its IoU filter, and only over the token rows that its
+crop to the image reads: `masks(..., token_rows=)`); a click (`decode(..., best_only=True)`) runs the
 hypernetwork and the last product for its highest-IoU mask only. The heads run as matrix
 products in a pixel-major layout, so the 32-channel output is reduced by the hypernetwork before any
 reshuffling. Results equal `Sam.decode` up to float32 rounding (tests/core/test_lowrank_decoder.py).
@@ -493,24 +494,32 @@ class LowRankDecoder:
             out[rows, cols] = mlps[i + 1](hs[rows, i])
         return out
 
-    def masks(self, hyper: torch.Tensor, tok: ImageTokens) -> torch.Tensor:
+    def masks(self, hyper: torch.Tensor, tok: ImageTokens, token_rows: int | None = None) -> torch.Tensor:
         """Low-res logits (B, k, 4h, 4w) of the masks whose hypernetwork outputs are hyper (B, k, C/8).
 
         The heads run over the image tokens in blocks of about `HEAD_ROWS` token-rows (all prompts together), so
         that each block's intermediates (first convolution, norm, activation, second convolution at 4× and 16× the
-        block's rows) stay in cache; the whole-image intermediates are 8 MiB per prompt."""
+        block's rows) stay in cache; the whole-image intermediates are 8 MiB per prompt.
+
+        token_rows: only the first `token_rows` rows of the token grid (logits (B, k, 4·token_rows, 4w)), for a
+        caller that crops the padding away (the everything mode): the blocks that cover them are the same blocks,
+        computed the same way, as for the whole grid, so their values are the same."""
         dec = self.model.mask_decoder
         ctx = self.ctx
         b, k, _ = hyper.shape
         gh, gw = ctx.grid
+        gh = gh if token_rows is None else max(1, min(gh, int(token_rows)))
+        used = gh * gw
         _, norm, act1, _, act2 = dec.output_upscaling
         c4 = norm.weight.shape[0]
         c8 = ctx.up2_weight.shape[1] // 4
         lt = tok.Lr.transpose(1, 2)  # (B, N, r)
         r_up = tok.Rr @ ctx.up1_weight  # (B, r, 4·C/4)
-        out = torch.empty((b, k, ctx.n * 16), device=hyper.device)  # (y, x, i1, j1, i2, j2) per mask
         step = max(1, HEAD_ROWS // b)
-        for s in range(0, ctx.n, step):
+        starts = range(0, used, step)
+        end = min(starts[-1] + step, ctx.n)  # the last block whole, as for the whole grid
+        out = torch.empty((b, k, end * 16), device=hyper.device)  # (y, x, i1, j1, i2, j2) per mask
+        for s in starts:
             e = min(s + step, ctx.n)
             # First transposed conv per image token, columns (i1, j1, channel): (B, e - s, 4·C/4).
             up = torch.baddbmm(ctx.up1_base[s:e].expand(b, -1, -1), lt[:, s:e], r_up)
@@ -520,6 +529,6 @@ class LowRankDecoder:
             up = act2(torch.addmm(ctx.up2_bias, up, ctx.up2_weight))  # columns (i2, j2, channel)
             out[:, :, s * 16:e * 16] = torch.bmm(hyper, up.view(b, -1, c8).transpose(1, 2))
         # To (y, i1, i2, x, j1, j2) in two moves of 4-element runs (one 6-D permute is 3× slower).
-        out = out.view(b * k, gh, gw, 2, 2, 4).permute(0, 1, 3, 2, 4, 5).contiguous()  # (y, i1, x, j1, i2·j2)
+        out = out[:, :, : used * 16].reshape(b * k, gh, gw, 2, 2, 4).permute(0, 1, 3, 2, 4, 5).contiguous()
         m = out.view(b * k, gh, 2, gw, 2, 2, 2).permute(0, 1, 2, 5, 3, 4, 6)
         return m.reshape(b, k, 4 * gh, 4 * gw)
