@@ -23,8 +23,8 @@ class Settings:
     cache_dir: `TINYSAM_CACHE_DIR`, where `tinysam weights fetch` stores downloads.
     torch_threads: `TINYSAM_TORCH_THREADS`, intra-op threads (0 = torch's default).
     max_image_pixels: `TINYSAM_MAX_IMAGE_PIXELS`, larger images are refused (decompression bombs).
-    quantized_decoder: `TINYSAM_QUANTIZED_DECODER`, the prompt side of a quantized artifact: "auto" (its fp32
-    weights with the low-rank decoder when present), "fp32" (those, or an error) or "onnx" (its ONNX graph).
+    quantized_decoder: `TINYSAM_QUANTIZED_DECODER`, the prompt side of a quantized artifact: "auto" (the same as
+    "fp32": its fp32 prompt-side weights through the exact low-rank decoder) or "onnx" (its ONNX decoder graph).
     device / engine / precision: `TINYSAM_DEVICE` ("auto", "cpu", "cuda", "cuda:N"), `TINYSAM_ENGINE` ("auto",
     "torch", "openvino", "onnxruntime"), `TINYSAM_PRECISION` ("auto", "fp32", "bf16", "fp16", "int8"): what
     `load_model` runs the model on and with (`tinysam_backend.engines`); "auto" picks by the host's facts.

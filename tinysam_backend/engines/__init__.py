@@ -148,6 +148,10 @@ def _artifact_model(directory: Path, choice: EngineChoice, settings, info: dict)
 
     art, meta = ArtifactInfo.read(directory)
     name = str(meta.get("encoder_openvino") or art.encoder_file)  # older artifacts: the ONNX Runtime graph
+    if not meta.get("encoder_openvino"):
+        logger.warning("%s has no OpenVINO encoder graph (written before it existed): OpenVINO runs the ONNX Runtime "
+                       "graph, whose attention products it computes in fp32; re-run `tinysam quantize` for the "
+                       "graph OpenVINO runs in int8", directory)
     if Path(name).name != name or not name.endswith(".onnx"):
         raise EngineError(f"{directory}: encoder_openvino must be a plain *.onnx name in the directory, got {name!r}")
     graph = directory / name
