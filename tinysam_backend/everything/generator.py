@@ -131,11 +131,13 @@ class _Geometry:
         the transposed logits so that the result is already in the column-major layout COCO RLE wants. Only the
         low-res rows the crop reads are used (`low_res_rows`), so logits cut below them are accepted.
         """
-        x = low_res.transpose(-1, -2).unsqueeze(1).float()
+        # Contiguous before interpolating (ATen's kernel is ~20 % slower on the transposed view, same values);
+        # the crop stays a strided view: every consumer reads it once or copies it anyway.
+        x = low_res.transpose(-1, -2).contiguous().unsqueeze(1).float()
         x = upscale_to_input_frame(x, self.image_size, (self.input_size[1], self.input_size[0]))
         if tuple(self.input_size) != tuple(self.original_size):
             x = F.interpolate(x, (self.original_size[1], self.original_size[0]), mode="bilinear", align_corners=False)
-        return x[:, 0].contiguous().cpu().numpy()
+        return x[:, 0].cpu().numpy()
 
 
 class _HighConfidenceMap:
