@@ -75,8 +75,6 @@ class _LowRankPrompts:
         self.point_embedding = point_embedding
         self.tok = tok
         self.iou = iou.float().cpu().numpy()
-        gh, gw = decoder.ctx.grid
-        self.mask_shape = (4 * gh, 4 * gw)
 
     def low_res(self, flat_index: np.ndarray, rows: int | None = None) -> torch.Tensor:
         flat_index = np.asarray(flat_index, dtype=np.int64)
