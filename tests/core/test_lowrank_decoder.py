@@ -127,7 +127,7 @@ def test_unsupported_models_are_named_and_fall_back(tiny_model):
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_mask_heads_of_the_first_token_rows_equal_those_rows_of_the_whole_grid(parity_model, batch):
-    """`masks(..., token_rows=r)` (the everything mode skips the padding rows its crop never reads) computes the
+    """`masks(..., rows=)` (the everything mode skips the padding rows its crop never reads) computes the
     blocks that cover those rows exactly as for the whole grid: the same logits, bit for bit."""
     torch.manual_seed(batch)
     dec = LowRankDecoder(parity_model, torch.randn(1, 256, 64, 64))
@@ -140,6 +140,6 @@ def test_mask_heads_of_the_first_token_rows_equal_those_rows_of_the_whole_grid(p
         hyper = dec.hypernetworks(hs)
         whole = dec.masks(hyper, tok)
         for rows in (43, 1, 64):
-            cut = dec.masks(hyper, tok, token_rows=rows)
+            cut = dec.masks(hyper, tok, rows=4 * rows - 1)  # 4 low-res rows per token row: `rows` token rows
             assert cut.shape == (batch, 3, 4 * rows, 256)
             assert torch.equal(cut, whole[:, :, : 4 * rows])

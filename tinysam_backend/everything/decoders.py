@@ -78,7 +78,6 @@ class _LowRankPrompts:
 
     def low_res(self, flat_index: np.ndarray, rows: int | None = None) -> torch.Tensor:
         flat_index = np.asarray(flat_index, dtype=np.int64)
-        token_rows = None if rows is None else -(-int(rows) // 4)  # 4 low-res rows per token row
         prompts, inverse = np.unique(flat_index // 3, return_inverse=True)
         mask_tokens = list(range(2, 1 + self.decoder.model.mask_decoder.num_mask_tokens))
         out = []
@@ -87,7 +86,7 @@ class _LowRankPrompts:
                 sel = torch.as_tensor(prompts[start:start + HEAD_CHUNK], device=self.decoder.ctx.device)
                 tok = self.tok.take(sel)
                 hs = self.decoder.final(self.queries[sel][:, mask_tokens], self.point_embedding[sel][:, mask_tokens], tok)
-                out.append(self.decoder.masks(self.decoder.hypernetworks(hs), tok, token_rows))
+                out.append(self.decoder.masks(self.decoder.hypernetworks(hs), tok, rows))
             masks = torch.cat(out)
             masks = masks.reshape(-1, *masks.shape[-2:])  # (P·3, R, 256)
         return masks[torch.as_tensor(inverse.reshape(-1) * 3 + flat_index % 3, device=masks.device)]

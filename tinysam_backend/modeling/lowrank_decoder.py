@@ -26,7 +26,7 @@ Two more savings, also exact: the last token-to-image attention only for the tok
 (IoU token and the three multimask tokens; in the everything mode first the IoU token alone), and the mask
 tokens' last attention and the upscaling heads only for prompts with a mask asked for (the everything mode's
 point decoder, `everything/decoders.py`, runs them after its IoU filter, and only over the token rows that its
-crop to the image reads: `masks(..., token_rows=)`); a click (`decode(..., best_only=True)`) runs the
+crop to the image reads: `masks(..., rows=)`); a click (`decode(..., best_only=True)`) runs the
 hypernetwork and the last product for its highest-IoU mask only. The heads run as matrix
 products in a pixel-major layout, so the 32-channel output is reduced by the hypernetwork before any
 reshuffling. Results equal `Sam.decode` up to float32 rounding (tests/core/test_lowrank_decoder.py).
@@ -494,21 +494,21 @@ class LowRankDecoder:
             out[rows, cols] = mlps[i + 1](hs[rows, i])
         return out
 
-    def masks(self, hyper: torch.Tensor, tok: ImageTokens, token_rows: int | None = None) -> torch.Tensor:
+    def masks(self, hyper: torch.Tensor, tok: ImageTokens, rows: int | None = None) -> torch.Tensor:
         """Low-res logits (B, k, 4h, 4w) of the masks whose hypernetwork outputs are hyper (B, k, C/8).
 
         The heads run over the image tokens in blocks of about `HEAD_ROWS` token-rows (all prompts together), so
         that each block's intermediates (first convolution, norm, activation, second convolution at 4× and 16× the
         block's rows) stay in cache; the whole-image intermediates are 8 MiB per prompt.
 
-        token_rows: only the first `token_rows` rows of the token grid (logits (B, k, 4·token_rows, 4w)), for a
-        caller that crops the padding away (the everything mode): the blocks that cover them are the same blocks,
-        computed the same way, as for the whole grid, so their values are the same."""
+        rows: only the token-grid rows that give the first `rows` low-res rows (logits (B, k, 4·t, 4w), t =
+        ⌈rows / 4⌉), for a caller that crops the padding away (the everything mode): the blocks that cover them are
+        the same blocks, computed the same way, as for the whole grid, so their values are the same."""
         dec = self.model.mask_decoder
         ctx = self.ctx
         b, k, _ = hyper.shape
         gh, gw = ctx.grid
-        gh = gh if token_rows is None else max(1, min(gh, int(token_rows)))
+        gh = gh if rows is None else max(1, min(gh, -(-int(rows) // 4)))  # 4 low-res rows per token row
         used = gh * gw
         _, norm, act1, _, act2 = dec.output_upscaling
         c4 = norm.weight.shape[0]
