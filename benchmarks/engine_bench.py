@@ -13,6 +13,9 @@ a cached embedding through the auto model (low-rank decoder). Prints the CPU fla
 --official DIR (a checkout of github.com/xinghaochen/TinySAM, imported as `everything_vs_official.py` does) adds the
 official image encoder in PyTorch fp32 on the same weights, timed in the same interleaved rounds: the first row of
 the issue's table, and the ratio of every row to it.
+--profile then prints where each encoder's time goes: per (layer type, kernel) for every OpenVINO row (its
+`PERF_COUNT` counters, `engines.openvino_engine.layer_profile`, mean of `runs` inferences) and per aten operator
+for our PyTorch fp32 encoder (torch.profiler, self CPU time per inference).
 
 On an AVX-512 host `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2` caps oneDNN
 (PyTorch's convolutions, OpenVINO), ATen's own kernels and MKL's GEMMs at AVX2; ONNX Runtime's MLAS kernels have no
@@ -78,6 +81,36 @@ def _nncf_encoder(checkpoint: Path, cache: Path, images: list) -> tuple[object, 
     return OpenVINOImageEncoder(compile_encoder(out, "int8"), sam.image_size, "int8"), seconds
 
 
+def _print_profiles(models: dict, x: torch.Tensor, runs: int, top: int) -> None:
+    """Per-layer time of every OpenVINO row (its own graph and precision) and per-operator time of PyTorch fp32."""
+    from tinysam_backend.engines.openvino_engine import layer_profile
+
+    for name, model in models.items():
+        info = getattr(model, "engine_info", None) or {}
+        if info.get("engine") != "openvino":
+            continue
+        rows = layer_profile(info["graph"], info["precision"], x.numpy(), runs)
+        total = sum(r["ms"] for r in rows)
+        print(f"\nprofile of {name} ({Path(info['graph']).name}): {total:.1f} ms in executed layers per inference")
+        print("| layer type | kernel | layers | ms | share |\n|---|---|---|---|---|")
+        for r in rows[:top]:
+            print(f"| {r['layer']} | {r['kernel']} | {r['layers']} | {r['ms']:.1f} | {r['ms'] / total:.0%} |")
+    encoder = models["pytorch fp32"]
+    with torch.inference_mode():
+        encoder.encode_image(x)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                encoder.encode_image(x)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) / 1e3 / runs
+    print(f"\nprofile of pytorch fp32 (self CPU time of aten operators, summed over threads): {total:.1f} ms per "
+          "inference")
+    print("| operator | calls | ms | share |\n|---|---|---|---|")
+    for e in events[:top]:
+        ms = e.self_cpu_time_total / 1e3 / runs
+        print(f"| {e.key} | {e.count // runs} | {ms:.1f} | {ms / total:.0%} |")
+
+
 def main() -> None:
     from tinysam_backend.allocator import reexec_with_tuned_allocator
 
@@ -100,6 +133,8 @@ def main() -> None:
     p.add_argument("--nncf", action="store_true", help="add NNCF's default PTQ in OpenVINO (needs nncf)")
     p.add_argument("--official", help="a checkout of github.com/xinghaochen/TinySAM: time its encoder too")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--profile", action="store_true", help="per-layer profile of every OpenVINO row and of PyTorch")
+    p.add_argument("--profile-top", type=int, default=12)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     settings = Settings.from_env()
@@ -160,6 +195,8 @@ def main() -> None:
         if nncf_seconds is not None:
             print(f"\nNNCF quantize (statistics + bias correction, {len(default_calibration_images())} images): "
                   f"{nncf_seconds:.1f} s")
+        if args.profile:
+            _print_profiles(models, x, args.runs, args.profile_top)
         pred = Predictor(auto)
         emb = pred.embed(images["astronaut"])
         pt = np.array([[200.0, 150.0]])

@@ -77,6 +77,29 @@ def test_openvino_fp32_runs_fp32_kernels(openvino_fp32):
     assert {p for (_, p) in counts} == {"f32"}, counts
 
 
+def test_layer_profile_counts_each_executed_layer_once_per_inference(openvino_fp32):
+    import time
+
+    from tinysam_backend.engines.openvino_engine import layer_profile, runtime_precisions
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 1024, 1024)).astype(np.float32)
+    t0 = time.perf_counter()
+    rows = layer_profile(openvino_fp32.engine_info["graph"], "fp32", x, runs=2)
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    assert rows and all(r["ms"] >= 0 and r["layers"] >= 1 for r in rows)
+    assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
+    per_type: dict = {}
+    for r in rows:
+        per_type[r["layer"]] = per_type.get(r["layer"], 0) + r["layers"]
+    compiled = runtime_precisions(openvino_fp32.encoder_engine.compiled)
+    # the same runtime graph: as many layers as it has, not × runs (its rt_info calls a depthwise conv "Convolution")
+    for kinds in (("FullyConnected",), ("Convolution", "GroupConvolution")):
+        assert sum(per_type.get(k, 0) for k in kinds) == sum(n for (t, _), n in compiled.items() if t in kinds), \
+            (kinds, per_type, compiled)
+    # a mean per inference: below the wall time of the warm-up and the two timed inferences together, over 3
+    assert 0 < sum(r["ms"] for r in rows) < wall_ms / 3
+
+
 def test_onnxruntime_fp32_from_a_state_dict_matches_official(parity_checkpoint, cache_settings, parity_dir,
                                                              parity_images):
     from tinysam_backend import load_model

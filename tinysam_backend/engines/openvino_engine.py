@@ -43,8 +43,10 @@ def onnx_to_ir(onnx_path: str | Path, out_dir: str | Path) -> Path:
     return xml
 
 
-def compile_encoder(graph: str | Path, precision: str, threads: int = 0, cache_dir: str | Path | None = None):
-    """Compile an encoder graph (ONNX or IR) for the CPU. precision: "fp32", "bf16" or "int8" (the graph's own)."""
+def compile_encoder(graph: str | Path, precision: str, threads: int = 0, cache_dir: str | Path | None = None,
+                    profile: bool = False):
+    """Compile an encoder graph (ONNX or IR) for the CPU. precision: "fp32", "bf16" or "int8" (the graph's own).
+    profile: collect per-layer times (`PERF_COUNT`, read by `layer_profile`); off for serving."""
     import openvino as ov
 
     if precision not in PRECISION_HINT:
@@ -56,6 +58,8 @@ def compile_encoder(graph: str | Path, precision: str, threads: int = 0, cache_d
               "INFERENCE_PRECISION_HINT": PRECISION_HINT[precision]}
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(threads)
+    if profile:
+        config["PERF_COUNT"] = "YES"
     return core.compile_model(str(graph), "CPU", config)
 
 
@@ -70,6 +74,30 @@ def runtime_precisions(compiled) -> collections.Counter:
             precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
             counts[(layer, precision)] += 1
     return counts
+
+
+def layer_profile(graph: str | Path, precision: str, x: np.ndarray, runs: int = 3, threads: int = 0) -> list[dict]:
+    """Where an encoder's time goes: the graph compiled as `compile_encoder` compiles it, with per-layer counters,
+    run on x once to warm up and then `runs` times. One row per (layer type, kernel) after OpenVINO's fusions —
+    e.g. ("FullyConnected", "brgemm_avx512_amx_I8") —, with its mean milliseconds per inference and layer count,
+    largest first. Layers that did not run (fused away, constants) are left out."""
+    import openvino as ov
+
+    compiled = compile_encoder(graph, precision, threads, profile=True)
+    request = compiled.create_infer_request()
+    request.infer({0: x})
+    totals: collections.Counter = collections.Counter()
+    counts: collections.Counter = collections.Counter()
+    for _ in range(runs):
+        request.infer({0: x})
+        for info in request.get_profiling_info():
+            if info.status != ov.ProfilingInfo.Status.EXECUTED:
+                continue
+            key = (info.node_type, info.exec_type)
+            totals[key] += info.real_time.total_seconds() * 1e3 / runs
+            counts[key] += 1
+    return [{"layer": layer, "kernel": kernel, "ms": ms, "layers": counts[(layer, kernel)] // runs}
+            for (layer, kernel), ms in totals.most_common()]
 
 
 class OpenVINOImageEncoder(nn.Module):
