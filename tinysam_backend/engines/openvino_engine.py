@@ -79,7 +79,7 @@ def runtime_precisions(compiled) -> collections.Counter:
 def layer_profile(graph: str | Path, precision: str, x: np.ndarray, runs: int = 3, threads: int = 0) -> list[dict]:
     """Where an encoder's time goes: the graph compiled as `compile_encoder` compiles it, with per-layer counters,
     run on x once to warm up and then `runs` times. One row per (layer type, kernel) after OpenVINO's fusions —
-    e.g. ("FullyConnected", "brgemm_avx512_amx_I8") —, with its mean milliseconds per inference and layer count,
+    e.g. ("FullyConnected", "brgemm_avx512_bf16") —, with its mean milliseconds per inference and layer count,
     largest first. Layers that did not run (fused away, constants) are left out."""
     import openvino as ov
 
