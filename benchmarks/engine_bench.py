@@ -13,8 +13,8 @@ a cached embedding through the auto model (low-rank decoder). Prints the CPU fla
 --official DIR (a checkout of github.com/xinghaochen/TinySAM, imported as `everything_vs_official.py` does) adds the
 official image encoder in PyTorch fp32 on the same weights, timed in the same interleaved rounds: the first row of
 the issue's table, and the ratio of every row to it.
---profile then prints where each encoder's time goes: per (layer type, kernel) for every OpenVINO row (its
-`PERF_COUNT` counters, `engines.openvino_engine.layer_profile`, mean of `runs` inferences) and per aten operator
+--profile then prints where each encoder's time goes: per (layer type, kernel) for every OpenVINO row that
+`load_model` built (not the NNCF row; its `PERF_COUNT` counters, `engines.openvino_engine.layer_profile`, mean of `runs` inferences) and per aten operator
 for our PyTorch fp32 encoder (torch.profiler, self CPU time per inference).
 
 On an AVX-512 host `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2` caps oneDNN
