@@ -22,9 +22,10 @@ params = dict(points_per_side=16, pred_iou_thresh=-1.0, stability_score_thresh=0
               box_nms_thresh=1.0)
 for _ in range(2):                                      # first images: buffers and caches are allocated
     segment_everything(predictor, image, **params)
-f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-segment_everything(predictor, image, **params)          # third image: they should be reused
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+for _ in range(5):                                      # later images: they should be reused
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    segment_everything(predictor, image, **params)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 """
 
 
@@ -34,6 +35,9 @@ def test_tune_in_process_stops_the_page_fault_storm(checkpoint):
     out = subprocess.run([sys.executable, "-c", SCRIPT, checkpoint], env=env, capture_output=True, text=True, check=False,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    faults = int(out.stdout.strip().splitlines()[-1])
-    # mmap threshold 32 MiB alone (the cap of mallopt): ~50 000 faults on every image (200 MiB re-faulted)
-    assert faults < 5_000
+    faults = sorted(int(line) for line in out.stdout.strip().splitlines()[-5:])
+    # mmap threshold 32 MiB alone (the cap of mallopt): ~50 000 faults on every image (200 MiB re-faulted). Tuned,
+    # an image faults ~10 pages, and now and then (about 1 image in 12, measured over 40) a few thousand or more:
+    # first touches of never-used heap pages (the heap does not grow then) as the worker threads' allocations land
+    # in a different order. The storm is on every image, so the middle of five images is what tells them apart.
+    assert faults[2] < 5_000, faults
